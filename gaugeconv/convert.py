@@ -1,0 +1,138 @@
+"""Live gauge conversion of a model, its optimizer and its LR schedulers (THEORY.md section 4).
+
+Per tensor, s = m_new / m_old. The stored tensor becomes w/s (its pending gradient s*grad);
+each optimizer group gets the section-4 hyperparameter rules (lr * s**-(1+k), eps * s, weight
+decay * s**2 coupled or * s**(1+k) decoupled) and every state tensor is multiplied by s to the
+power its rule declares. Schedulers keep per-group copies of learning rates (base_lrs, _last_lr,
+and the max_lrs/min_lrs of cyclic and plateau schedulers) and are scaled like lr. Everything is
+checked before anything is changed, so a refused conversion leaves model, optimizer and
+schedulers as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import ConversionError, GaugeError
+from .gauges import Gauge
+from .optim_rules import OptimizerRule
+from .plan import Parameterization
+from .tensor_ops import scale_
+
+if TYPE_CHECKING:
+    from .model import GaugedModel
+
+__all__ = ["convert", "SCHEDULER_LR_ATTRS"]
+
+SCHEDULER_LR_ATTRS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
+
+
+def _flatten_schedulers(schedulers: Iterable[Any]) -> list[Any]:
+    out = []
+    for sched in schedulers:
+        if sched is None:
+            continue
+        out.append(sched)
+        out.extend(_flatten_schedulers(getattr(sched, "_schedulers", ())))
+    return out
+
+
+def _group_scales(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], scales: dict[str, float]
+) -> list[float]:
+    """The single s of each group; a group mixing tensors of different s cannot be converted."""
+    out = []
+    for i, group in enumerate(optimizer.param_groups):
+        group_s = set()
+        for p in group["params"]:
+            if id(p) not in names:
+                raise ConversionError(
+                    f"optimizer group {i} holds a tensor of shape {tuple(p.shape)} that is not a "
+                    "parameter of the model"
+                )
+            group_s.add(scales[names[id(p)]])
+        if len(group_s) > 1:
+            members = [names[id(p)] for p in group["params"]]
+            raise ConversionError(
+                f"optimizer group {i} mixes tensors with different gauge factors {sorted(group_s)} "
+                f"({members[:4]}...); build it with GaugedModel.param_groups (one group per tensor)"
+            )
+        out.append(group_s.pop() if group_s else 1.0)
+    return out
+
+
+def _check_schedulers(schedulers: list[Any], optimizer: Any) -> None:
+    for sched in schedulers:
+        if getattr(sched, "optimizer", optimizer) is not optimizer:
+            raise ConversionError(f"{type(sched).__name__} drives another optimizer")
+        eta_min = getattr(sched, "eta_min", 0)
+        if eta_min:
+            raise ConversionError(
+                f"{type(sched).__name__} has an absolute eta_min={eta_min} shared by all groups; "
+                "per-tensor learning rates need eta_min=0 (use a LambdaLR for a floor)"
+            )
+
+
+def convert(
+    gauged: GaugedModel,
+    to: Gauge | str | Parameterization,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedulers: Iterable[Any] = (),
+    rule: OptimizerRule | None = None,
+) -> dict[str, float]:
+    """Move a live model (and its optimizer and schedulers) to another gauge, in place.
+
+    Training continues on exactly the trajectory it would have followed: identical effective
+    weights, outputs and losses in exact arithmetic, bit-identical when every s is a power of
+    two. Returns the per-tensor factors s = m_new / m_old.
+    """
+    old = gauged.parameterization
+    new = to if isinstance(to, Parameterization) else old.with_gauge(to)
+    scales = old.scales_to(new)
+    params = dict(gauged.module.named_parameters())
+    schedulers = _flatten_schedulers(schedulers if isinstance(schedulers, Iterable) else [schedulers])
+
+    # 1. check everything first
+    group_scales: list[float] = []
+    if optimizer is not None:
+        rule = rule or gauged.rule_for(optimizer)
+        names = {id(p): n for n, p in params.items()}
+        group_scales = _group_scales(optimizer, names, scales)
+        for p, state in optimizer.state.items():
+            rule.check_state(state, names.get(id(p), "a tensor"))
+        _check_schedulers(schedulers, optimizer)
+    elif schedulers:
+        raise GaugeError("schedulers were given without their optimizer")
+
+    # 2. apply
+    with torch.no_grad():
+        for name, p in params.items():
+            s = scales[name]
+            scale_(p.data, 1.0 / s)
+            if p.grad is not None:
+                scale_(p.grad, s)
+    gauged.hooks.set(new.multipliers)
+    gauged.parameterization = new
+    if optimizer is None:
+        return scales
+    k = rule.degree
+    for group, s in zip(optimizer.param_groups, group_scales):
+        if s == 1.0:
+            continue
+        group.update(rule.scaled_hypers({**optimizer.defaults, **group}, s))
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                power = rule.state_powers.get(key, 0)
+                if power and isinstance(value, torch.Tensor):
+                    scale_(value, s**power)
+    for sched in schedulers:
+        for attr in SCHEDULER_LR_ATTRS:
+            values = getattr(sched, attr, None)
+            if isinstance(values, list) and len(values) == len(group_scales):
+                setattr(
+                    sched, attr, [v * s ** -(1 + k) for v, s in zip(values, group_scales)]
+                )
+    return scales

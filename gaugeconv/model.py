@@ -1,0 +1,210 @@
+"""GaugedModel: a torch module together with its parameterization and multiplier hooks.
+
+The handle does not wrap the module: the user keeps calling the module itself, whose state-dict
+keys and forward are untouched. The handle initialises it per the gauge's init table, builds
+per-tensor optimizer groups and converts it (with its optimizer) to another gauge.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import GaugeError, UnsupportedOptimizerError
+from .gauges import Gauge
+from .multipliers import MultiplierHooks
+from .optim_rules import DEFAULT_REGISTRY, OptimizerRegistry, OptimizerRule
+from .plan import Parameterization, TensorPlan, check_covers
+
+__all__ = ["GaugedModel", "attach", "optimizer_class", "default_no_decay"]
+
+_TORCH_OPTIMIZERS = {
+    "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamax": "Adamax", "nadam": "NAdam",
+    "adagrad": "Adagrad", "rmsprop": "RMSprop",
+}
+
+
+def optimizer_class(name: str | type) -> type:
+    """torch.optim class from a name such as 'sgd', 'adamw' (case-insensitive)."""
+    if isinstance(name, type):
+        return name
+    key = str(name).lower()
+    if key not in _TORCH_OPTIMIZERS:
+        raise UnsupportedOptimizerError(
+            f"unknown optimizer {name!r}; by name: {', '.join(_TORCH_OPTIMIZERS)} "
+            "(or pass an optimizer class)"
+        )
+    return getattr(torch.optim, _TORCH_OPTIMIZERS[key])
+
+
+def default_no_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and norm parameters (vectors) get no weight decay, as the HF Trainer does."""
+    return param.ndim < 2
+
+
+def _signature_default(cls: type, key: str) -> Any:
+    param = inspect.signature(cls.__init__).parameters.get(key)
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    return param.default
+
+
+class GaugedModel:
+    """A module in a given parameterization (richness, gauge, optimizer family, width)."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        parameterization: Parameterization,
+        registry: OptimizerRegistry = DEFAULT_REGISTRY,
+    ) -> None:
+        names = [name for name, _ in module.named_parameters()]
+        check_covers(parameterization.specs, names, type(module).__name__)
+        for name, p in module.named_parameters():
+            shape = parameterization.specs[name].shape
+            if shape and tuple(p.shape) != shape:
+                raise GaugeError(f"{name}: spec shape {shape} != parameter shape {tuple(p.shape)}")
+        self.module = module
+        self.parameterization = parameterization
+        self.registry = registry
+        self.hooks = MultiplierHooks(module, parameterization.multipliers)
+
+    def __repr__(self) -> str:
+        return f"GaugedModel({type(self.module).__name__}, {self.parameterization!r})"
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def gauge(self) -> Gauge:
+        return self.parameterization.gauge
+
+    @property
+    def plans(self) -> dict[str, TensorPlan]:
+        return self.parameterization.plans
+
+    @property
+    def multipliers(self) -> dict[str, float]:
+        return self.parameterization.multipliers
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return self.module.named_parameters()
+
+    @torch.no_grad()
+    def effective_parameters(self, dtype: torch.dtype | None = torch.float64) -> dict[str, torch.Tensor]:
+        """W = m * w for every tensor (computed in float64 by default, detached)."""
+        out = {}
+        for name, p in self.module.named_parameters():
+            w = p.detach().to(dtype) if dtype is not None else p.detach().clone()
+            out[name] = w * self.multipliers[name]
+        return out
+
+    # -- init ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, seed: int | torch.Generator = 0) -> GaugedModel:
+        """Draw every tensor per the init table: stored std sqrt(v)/m, vectors per their kind.
+
+        The draws are standard normals in spec order from one generator, so two gauges with the
+        same seed start from the same effective weights (bit-identical when the ratio of their
+        multipliers is a power of two).
+        """
+        gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        params = dict(self.module.named_parameters())
+        for name, plan in self.plans.items():
+            p = params[name]
+            kind = plan.spec.init
+            if kind == "keep":
+                continue
+            if kind == "zeros":
+                p.zero_()
+            elif kind == "ones":
+                p.fill_(1.0 / plan.multiplier)
+            elif plan.init_std is None:
+                continue  # fixed role: the architecture's own init
+            else:
+                z = torch.randn(p.shape, generator=gen, dtype=p.dtype, device="cpu")
+                p.copy_(z.mul_(plan.init_std))
+        return self
+
+    # -- optimizer -------------------------------------------------------------------------
+    def rule_for(self, optimizer: Any) -> OptimizerRule:
+        rule = self.registry.rule_for(optimizer)
+        if rule.family is not self.parameterization.family:
+            raise GaugeError(
+                f"optimizer {rule.name} is {rule.family.value}-type but the model's "
+                f"parameterization is for {self.parameterization.family.value}-type optimizers"
+            )
+        return rule
+
+    def param_groups(
+        self,
+        lr: float,
+        optimizer: str | type = "sgd",
+        no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay,
+        rule: OptimizerRule | None = None,
+        **hyper: Any,
+    ) -> list[dict[str, Any]]:
+        """One group per tensor, with lr, eps and weight decay moved into this gauge.
+
+        The user's hyperparameters are effective-space values (those of the STP gauge): the
+        group of tensor p gets lr * lambda_p/eta, then the section-4 rules with s = m_p. Keys the
+        rule scales are always written into the group (taking the optimizer's own default when
+        not given), so no unscaled default can leak in. Groups carry ``param_names``.
+        """
+        cls = optimizer_class(optimizer)
+        rule = rule or self.rule_for(cls)
+        groups = []
+        for name, p in self.module.named_parameters():
+            plan = self.plans[name]
+            group: dict[str, Any] = {"lr": float(lr) * plan.target.lr_factor}
+            context = {**hyper}
+            for key in rule.hyper_powers(context):
+                if key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                    continue
+                value = hyper.get(key, _signature_default(cls, key))
+                if value is not None and not isinstance(value, bool):
+                    group[key] = float(value)
+            if "weight_decay" in group and no_decay(name, p):
+                group["weight_decay"] = 0.0
+            group.update(rule.scaled_hypers({**context, **group}, plan.multiplier))
+            group["params"] = [p]
+            group["param_names"] = [name]
+            groups.append(group)
+        return groups
+
+    def make_optimizer(
+        self,
+        optimizer: str | type,
+        lr: float,
+        no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay,
+        rule: OptimizerRule | None = None,
+        **hyper: Any,
+    ) -> torch.optim.Optimizer:
+        """An optimizer with per-tensor groups; ``lr`` is the base (effective-space) rate eta."""
+        cls = optimizer_class(optimizer)
+        groups = self.param_groups(lr, cls, no_decay=no_decay, rule=rule, **hyper)
+        scaled = {k for g in groups for k in g} - {"params", "param_names"}
+        defaults = {k: v for k, v in hyper.items() if k not in scaled}
+        return cls(groups, lr=float(lr), **defaults)
+
+    # -- conversion ------------------------------------------------------------------------
+    def convert(self, to: Gauge | str | Parameterization, optimizer=None, schedulers=(), rule=None):
+        """Move the model (and optimizer, schedulers) to another gauge in place; see convert()."""
+        from .convert import convert
+
+        return convert(self, to, optimizer=optimizer, schedulers=schedulers, rule=rule)
+
+    def remove(self) -> None:
+        """Detach the hooks (the module then computes with its stored tensors)."""
+        self.hooks.remove()
+
+
+def attach(
+    module: nn.Module,
+    parameterization: Parameterization,
+    registry: OptimizerRegistry = DEFAULT_REGISTRY,
+) -> GaugedModel:
+    """Put the multipliers of ``parameterization`` on ``module``; its stored tensors are kept."""
+    return GaugedModel(module, parameterization, registry)
