@@ -34,7 +34,7 @@ class ReferenceMLP(nn.Module):
         d_in: int,
         d_out: int,
         widths: Sequence[int],
-        activation: str = "relu",
+        activation: str = "tanh",
         bias: bool = True,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -87,7 +87,7 @@ def build_mlp(
     gauge: Gauge | str = "mup",
     optimizer: str | Family = "sgd",
     gamma: float = 1.0,
-    activation: str = "relu",
+    activation: str = "tanh",
     bias: bool = True,
     width_mults: Sequence[float] | None = None,
     dtype: torch.dtype = torch.float32,

@@ -57,10 +57,12 @@ class VerifyConfig:
     eps: float = 1e-8
     batch_size: int = 64
     data: str = "digits"
-    activation: str = "relu"
+    activation: str = "tanh"
     seed: int = 0
     tolerance: float | None = None
     negative_control: str | None = None  # "eps" or "lr": break that rule on run B
+    # further conversions of run B after convert_at: (step, gauge) pairs, in step order
+    then: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass
@@ -144,9 +146,12 @@ def verify(cfg: VerifyConfig, progress: bool = False) -> VerifyReport:
 
         iterator = tqdm(iterator, total=cfg.steps, desc="verify", unit="step", leave=False)
     loss_a = loss_b = torch.zeros(())
+    conversions = dict(cfg.then)
+    if cfg.convert_at is not None:
+        conversions[cfg.convert_at] = gb
     for step, (x, y) in iterator:
-        if cfg.convert_at is not None and step == cfg.convert_at:
-            b.convert(gb, optimizer=opt_b, schedulers=[sched_b], rule=rule_b)
+        if step in conversions:
+            b.convert(conversions[step], optimizer=opt_b, schedulers=[sched_b], rule=rule_b)
         outs = []
         for gm, opt, sched in ((a, opt_a, sched_a), (b, opt_b, sched_b)):
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,187 @@
+"""The ``gaugeconv`` command line: table, verify, demo (and the diagnostics)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import GaugeError
+
+__all__ = ["main", "build_parser"]
+
+
+def _richness(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"richness must be a number in [0, 0.5], not {value!r}"
+        ) from None
+
+
+def _add_table(sub: Any) -> None:
+    p = sub.add_parser(
+        "table",
+        help="per role and gauge: multiplier, init std, lr/eps/weight-decay factors",
+        description="Show, for each role and each gauge (stp, mup, rescaling), the forward "
+        "multiplier m, the stored init std sqrt(v)/m and the factors that turn the user's "
+        "effective-space lr, eps and weight decay into the stored ones (THEORY.md sections 2-4).",
+    )
+    p.add_argument("--richness", "-r", type=_richness, required=True, help="r in [0, 0.5]")
+    p.add_argument("--width", "-n", type=int, required=True, help="hidden width n")
+    p.add_argument("--optimizer", default="sgd", help="sgd or adam (family of the optimizer)")
+    p.add_argument("--gamma", type=float, default=1.0, help="prefactor of alpha = gamma n^r")
+    p.add_argument("--input-dim", type=int, default=64, help="fan_in d of the readin layer")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_table)
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from .table import format_table, gauge_table
+
+    table = gauge_table(args.richness, args.width, args.optimizer, args.gamma, args.input_dim)
+    print(json.dumps(table, indent=2) if args.json else format_table(table))
+    return 0
+
+
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="train two gauges side by side and report the largest differences",
+        description="Train the reference MLP in gauge FROM and in gauge TO (or convert a copy "
+        "of the FROM run to TO at --convert-at) on the same batches, and report per step the "
+        "largest relative difference of loss, outputs and effective weights W = m*w.",
+    )
+    p.add_argument("--richness", "-r", type=_richness, default=None,
+                   help="r in [0, 0.5] (default 0.5, or the r of a named point)")
+    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--from", dest="from_gauge", default="stp",
+                   help="gauge or named point of run A: stp, mup, rescaling, ntp, ntp-lr, mup-lr, mfp")
+    p.add_argument("--to", dest="to_gauge", default="mup", help="gauge or named point of run B")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--convert-at", type=int, default=None, metavar="STEP",
+                   help="train B in FROM, convert model+optimizer+scheduler to TO before STEP")
+    p.add_argument("--lr", type=float, default=None, help="base (effective-space) learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-3)
+    p.add_argument("--eps", type=float, default=1e-8, help="Adam eps (effective space)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data", choices=["digits", "synthetic"], default="digits")
+    p.add_argument("--activation", choices=["relu", "tanh", "gelu", "linear"], default="tanh",
+                   help="tanh by default: a ReLU kink within rounding of a pre-activation "
+                   "can split float32 runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest allowed relative difference (default 1e-10 float64, 1e-4 float32)")
+    p.add_argument("--negative-control", choices=["eps", "lr"], default=None,
+                   help="break that transformation rule on run B: the check must then fail")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _verify_config(args: argparse.Namespace):
+    from .verify import VerifyConfig
+
+    keys = VerifyConfig.__dataclass_fields__
+    return VerifyConfig(**{k: v for k, v in vars(args).items() if k in keys})
+
+
+def format_report(report: Any, every: int = 10) -> str:
+    c = report.config
+    lines = [
+        f"data: {report.data}",
+        f"A: {c['from_gauge']}   B: {c['to_gauge']}"
+        + (f" (converted from {c['from_gauge']} before step {c['convert_at']})"
+           if c["convert_at"] is not None else " (built directly)"),
+        f"r={c['richness']:g} gamma={c['gamma']:g} width={c['width']} depth={c['depth']} "
+        f"optimizer={c['optimizer']} lr={c['lr']:g} dtype={c['dtype']} steps={report.steps}",
+        "",
+        f"{'step':>5}  {'loss A':>12}  {'loss B':>12}  {'rel loss':>9}  {'rel out':>9}  {'rel W':>9}",
+    ]
+    for row in report.per_step:
+        if row["step"] % every == 0 or row["step"] == report.steps - 1:
+            lines.append(
+                f"{row['step']:>5}  {row['loss_a']:>12.8f}  {row['loss_b']:>12.8f}  "
+                f"{row['loss']:>9.2e}  {row['output']:>9.2e}  {row['weights']:>9.2e}"
+            )
+    d = report.max_rel_diff
+    verdict = "EQUIVALENT" if report.equivalent else "NOT EQUIVALENT"
+    lines += [
+        "",
+        f"max relative difference: loss {d['loss']:.3e}  output {d['output']:.3e}  "
+        f"weights {d['weights']:.3e}  (tolerance {report.tolerance:g})",
+        f"verdict: {verdict}" + ("  (bit-identical)" if report.bit_identical else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    report = verify(_verify_config(args), progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(format_report(report))
+    return 0 if report.equivalent else 1
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the quick tour: table, conversions mid-training, verification (no downloads)",
+        description="Build the reference MLP on scikit-learn's digits, show the gauge table, "
+        "train in STP gauge while a second run is converted to muP gauge and then to the "
+        "rescaling gauge mid-training, and print the verification (SGD and AdamW, float64); "
+        "finally show that the check fails when Adam's eps rule is left out.",
+    )
+    p.add_argument("--richness", "-r", type=_richness, default=0.5)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.richness, args.width, args.steps, as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gaugeconv",
+        description="Richness-r parameterizations of wide networks and exact conversion between "
+        "their gauges (STP, muP, rescaling).",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"gaugeconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_table, _add_verify, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except GaugeError as err:
+        print(f"gaugeconv {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+import pytest
+import torch
+
+from gaugeconv import build_mlp
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def make_mlp():
+    def make(**kw):
+        args = dict(d_in=16, d_out=5, width=64, depth=3, richness=0.5, gauge="stp",
+                    optimizer="sgd", dtype=torch.float64, seed=0)
+        args.update(kw)
+        return build_mlp(**args)
+
+    return make
