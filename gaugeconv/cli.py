@@ -155,6 +155,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.richness, args.width, args.steps, as_json=args.json)
 
 
+def _add_roles(sub: Any) -> None:
+    p = sub.add_parser(
+        "roles",
+        help="inferred role, fan_in, multiplier and lr factor of every tensor of a saved HF model",
+        description="Read MODEL_DIR's config.json, build the model on the meta device (no "
+        "weights are loaded), infer each tensor's role by comparing shapes at twice the width, "
+        "and print role, fan_in, multiplier and learning-rate factor per tensor. A folder with a "
+        "gauge entry uses it; a plain folder needs --richness.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--richness", "-r", type=_richness, default=None)
+    p.add_argument("--gauge", default="mup", help="stp, mup, rescaling or a named point")
+    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--optimizer", default="adam", help="adam or sgd (optimizer family)")
+    p.add_argument("--tied-role", choices=["readin", "readout"], default="readout")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_roles)
+
+
+def _cmd_roles(args: argparse.Namespace) -> int:
+    from .hf.config import GaugeConfig
+    from .hf.inspect import roles_of_folder
+
+    config = None
+    if args.richness is not None or args.gauge not in ("stp", "mup", "rescaling"):
+        config = GaugeConfig(richness=args.richness, gauge=args.gauge, gamma=args.gamma,
+                             optimizer=args.optimizer, tied_role=args.tied_role)
+    report = roles_of_folder(args.model_dir, config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    g = report["gauge"]
+    print(f"{report['model']}: r={g['richness']:g} gamma={g['gamma']:g} gauge={g['gauge']} "
+          f"optimizer family={g['optimizer']} width={g['width']}\n")
+    head = ["tensor", "shape", "module", "role", "fan_in", "from", "multiplier", "lr x", "init std"]
+    rows = [head]
+    for t in report["tensors"]:
+        rows.append([
+            t["name"] + (" (+tied)" if len(t["uses"]) > 1 else ""), "x".join(map(str, t["shape"])),
+            t["module"], t["role"], str(t["fan_in"]), t["source"], f"{t['multiplier']:.4g}",
+            f"{t['lr_factor']:.4g}", "keep" if t["init_std"] is None else f"{t['init_std']:.4g}",
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for j, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gaugeconv",
@@ -165,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"gaugeconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_table, _add_verify, _add_demo):
+    for add in (_add_table, _add_verify, _add_demo, _add_roles):
         add(sub)
     return parser
 

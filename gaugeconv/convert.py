@@ -114,7 +114,7 @@ def convert(
             scale_(p.data, 1.0 / s)
             if p.grad is not None:
                 scale_(p.grad, s)
-    gauged.hooks.set(new.multipliers)
+    gauged.hooks.set(gauged.use_multipliers(new))
     gauged.parameterization = new
     if optimizer is None:
         return scales

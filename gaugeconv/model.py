@@ -20,7 +20,7 @@ from .multipliers import MultiplierHooks
 from .optim_rules import DEFAULT_REGISTRY, OptimizerRegistry, OptimizerRule
 from .plan import Parameterization, TensorPlan, check_covers
 
-__all__ = ["GaugedModel", "attach", "optimizer_class", "default_no_decay"]
+__all__ = ["GaugedModel", "attach", "optimizer_class", "default_no_decay", "tensor_uses"]
 
 _TORCH_OPTIMIZERS = {
     "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamax": "Adamax", "nadam": "NAdam",
@@ -71,7 +71,8 @@ class GaugedModel:
         self.module = module
         self.parameterization = parameterization
         self.registry = registry
-        self.hooks = MultiplierHooks(module, parameterization.multipliers)
+        self.uses = tensor_uses(module)
+        self.hooks = MultiplierHooks(module, self.use_multipliers())
 
     def __repr__(self) -> str:
         return f"GaugedModel({type(self.module).__name__}, {self.parameterization!r})"
@@ -88,6 +89,16 @@ class GaugedModel:
     @property
     def multipliers(self) -> dict[str, float]:
         return self.parameterization.multipliers
+
+    def use_multipliers(self, parameterization: Parameterization | None = None) -> dict[str, float]:
+        """Multiplier of every use of every tensor; a tied tensor's uses share its multiplier.
+
+        A gauge transformation divides the stored tensor by s and multiplies every use's
+        multiplier by s (THEORY.md section 6), so uses that start equal (a plain checkpoint)
+        stay equal in every gauge and the tied model computes the same function.
+        """
+        m = (parameterization or self.parameterization).multipliers
+        return {use: m[name] for use, name in self.uses.items()}
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return self.module.named_parameters()
@@ -199,6 +210,15 @@ class GaugedModel:
     def remove(self) -> None:
         """Detach the hooks (the module then computes with its stored tensors)."""
         self.hooks.remove()
+
+
+def tensor_uses(module: nn.Module) -> dict[str, str]:
+    """Every parameter path (tied duplicates included) -> the name of its stored tensor."""
+    first: dict[int, str] = {}
+    uses = {}
+    for path, p in module.named_parameters(remove_duplicate=False):
+        uses[path] = first.setdefault(id(p), path)
+    return uses
 
 
 def attach(

@@ -1,0 +1,103 @@
+"""GaugeConfig: the gauge of a Hugging Face model, saved in its config.json (peft's habit).
+
+It is stored as ``model.config.gaugeconv`` (a plain dict), so ``save_pretrained`` writes it into
+config.json and any re-save keeps it. The recorded per-tensor multipliers let a loader check
+that the entry agrees with the model it is applied to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import GaugeError
+from ..gauges import GAUGE_NAMES, NAMED_POINTS, resolve_point
+from ..richness import Family, Richness, Role
+
+__all__ = ["GaugeConfig", "CONFIG_KEY", "FORMAT_VERSION"]
+
+CONFIG_KEY = "gaugeconv"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class GaugeConfig:
+    """Where a model sits on the richness axis and in which gauge.
+
+    richness: r in [0, 1/2] (a named point given as ``gauge`` fixes it).
+    gauge: stp, mup, rescaling, custom, or a named point (ntp, ntp-lr, mup, mup-lr, mfp).
+    gamma: prefactor of alpha = gamma * n**r.
+    optimizer: the optimizer family the learning rates are for: "adam" (Adam, AdamW...) or "sgd".
+    width: the reference width n; it is the config's hidden size, so give it only for configs
+        without a hidden_size/n_embd/d_model field.
+    tied_role: the role whose learning rate a tied embedding/lm_head tensor follows. Both uses
+        share one multiplier (a plain checkpoint uses the same tensor twice), so one role's
+        learning rate applies: "readout" (default) keeps the logits' change per step of order
+        one, the lookup then learns at the readout's rate; "readin" lets the lookup learn at
+        its own rate but the logits' change grows with width (unstable at large width).
+    role_overrides: glob pattern on tensor names -> role, applied after inference.
+    fan_in_overrides: glob pattern -> fan_in.
+    multipliers: per-tensor multipliers, required for gauge="custom", recorded for all gauges.
+    """
+
+    richness: float | None = None
+    gauge: str = "mup"
+    gamma: float = 1.0
+    optimizer: str = "adam"
+    width: int | None = None
+    tied_role: str = "readout"
+    role_overrides: dict[str, str] = field(default_factory=dict)
+    fan_in_overrides: dict[str, int] = field(default_factory=dict)
+    multipliers: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        gauge = str(self.gauge).lower()
+        if gauge != "custom" and gauge not in GAUGE_NAMES and gauge not in NAMED_POINTS:
+            resolve_point(gauge)  # raises UnknownGaugeError with the choices
+        if gauge == "custom":
+            if not self.multipliers:
+                raise GaugeError("gauge='custom' needs multipliers={tensor name: m}")
+            r = self.richness
+        else:
+            _, r = resolve_point(gauge, self.richness)
+        if r is None:
+            raise GaugeError(f"gauge {self.gauge!r} needs a richness r in [0, 1/2]")
+        Richness(r, self.gamma)  # validates r and gamma
+        self.richness = float(r)
+        self.gauge = gauge
+        self.optimizer = Family.parse(self.optimizer).value
+        for role in self.role_overrides.values():
+            Role.parse(role)
+        if Role.parse(self.tied_role) not in (Role.READIN, Role.READOUT):
+            raise GaugeError(f"tied_role must be 'readin' or 'readout', not {self.tied_role!r}")
+        if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
+            raise GaugeError(f"width={self.width!r} must be a positive integer")
+
+    @property
+    def gauge_name(self) -> str:
+        """The gauge proper (named points resolved): stp, mup, rescaling or custom."""
+        if self.gauge == "custom":
+            return "custom"
+        return resolve_point(self.gauge, self.richness)[0].name
+
+    def replace(self, **changes: Any) -> GaugeConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["format_version"] = FORMAT_VERSION
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GaugeConfig:
+        data = dict(data)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise GaugeError(f"gauge entry has format_version {version}, this gaugeconv reads 1")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GaugeError(f"unknown gauge config field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)

@@ -1,0 +1,202 @@
+"""Put any PreTrainedModel into a gauge, convert it, persist the gauge in its config.
+
+* ``apply_gauge(model, GaugeConfig(...))`` reads the weights it finds as they are stored: a
+  model without a gauge entry is in STP gauge (stored = effective), so a pretrained checkpoint
+  keeps computing the same function; a model whose config carries a gauge entry (loaded from a
+  gauged save) gets that gauge's multipliers back first. It then moves the model exactly into
+  the requested gauge. It never re-initialises weights; ``initialize`` does that, explicitly.
+* ``convert_gauge(model, to, optimizer=, schedulers=)`` changes the gauge of a gauged model.
+* ``from_pretrained(AutoModelForCausalLM, path)`` loads with transformers and restores the gauge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import GaugeError
+from ..gauges import Custom, Gauge, resolve_point
+from ..model import GaugedModel
+from ..plan import Parameterization
+from ..richness import Family, Richness
+from .config import CONFIG_KEY, GaugeConfig
+from .roles import AxesRule, TensorRoleInfo, infer_specs, width_of
+
+__all__ = [
+    "apply_gauge", "convert_gauge", "from_pretrained", "get_gauged", "initialize",
+    "gauge_config_of", "describe_roles",
+]
+
+_HANDLE = "_gaugeconv"
+
+
+def get_gauged(model: nn.Module) -> GaugedModel:
+    """The GaugedModel handle that apply_gauge attached to a model."""
+    handle = model.__dict__.get(_HANDLE)
+    if handle is None:
+        raise GaugeError(
+            f"{type(model).__name__} carries no gauge: call gaugeconv.hf.apply_gauge(model, ...)"
+        )
+    return handle
+
+
+def gauge_config_of(model: nn.Module) -> GaugeConfig | None:
+    """The GaugeConfig recorded in model.config (None for a plain model)."""
+    entry = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    return GaugeConfig.from_dict(entry) if entry else None
+
+
+def _gauge(config: GaugeConfig) -> Gauge:
+    if config.gauge == "custom":
+        return Custom(dict(config.multipliers or {}))
+    return resolve_point(config.gauge, config.richness)[0]
+
+
+def _width(model: nn.Module, config: GaugeConfig) -> int:
+    """n is the config's hidden size; width= is only for configs that have none."""
+    try:
+        hidden = width_of(model.config)
+    except GaugeError:
+        if config.width is None:
+            raise
+        return config.width
+    if config.width is not None and config.width != hidden:
+        raise GaugeError(
+            f"the gauge entry says width {config.width}, the model's hidden size is {hidden}"
+        )
+    return hidden
+
+
+def _parameterization(
+    model: nn.Module, config: GaugeConfig, infos: Mapping[str, TensorRoleInfo], gauge: Gauge
+) -> Parameterization:
+    width = _width(model, config)
+    return Parameterization(
+        [info.spec for info in infos.values()], Richness(config.richness, config.gamma),
+        gauge, Family.parse(config.optimizer), width,
+    )
+
+
+def _record(model: nn.Module, config: GaugeConfig, param: Parameterization) -> None:
+    entry = config.replace(width=param.width, multipliers=param.multipliers).to_dict()
+    setattr(model.config, CONFIG_KEY, entry)
+
+
+def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
+    """A config.json entry must agree with the model it is applied to."""
+    mine = param.multipliers
+    theirs = recorded.multipliers or {}
+    if set(theirs) != set(mine):
+        diff = sorted(set(theirs) ^ set(mine))
+        raise GaugeError(
+            f"the gauge entry in config.json names other tensors than the model has: {diff[:5]}"
+        )
+    for name, m in mine.items():
+        if not math.isclose(m, theirs[name], rel_tol=1e-9):
+            raise GaugeError(
+                f"the gauge entry in config.json disagrees with the model at {name!r}: recorded "
+                f"multiplier {theirs[name]!r}, the model's roles and width give {m!r}"
+            )
+
+
+def _same_axis(have: GaugeConfig, want: GaugeConfig) -> None:
+    for key in ("richness", "gamma", "optimizer"):
+        if getattr(have, key) != getattr(want, key):
+            raise GaugeError(
+                f"the model is at {key}={getattr(have, key)!r} but {key}={getattr(want, key)!r} "
+                "was asked for: a gauge change keeps richness, gamma and optimizer family fixed"
+            )
+
+
+def apply_gauge(
+    model: nn.Module,
+    config: GaugeConfig,
+    module_axes: Mapping[str, AxesRule] | None = None,
+) -> nn.Module:
+    """Put a PreTrainedModel into ``config``'s (richness, gauge), keeping its function exactly.
+
+    Returns the same model object (its class, forward and state-dict keys are unchanged).
+    """
+    if _HANDLE in model.__dict__:
+        raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
+    recorded = gauge_config_of(model)
+    source = recorded or config.replace(gauge="stp", multipliers=None)
+    if recorded is not None:
+        _same_axis(recorded, config)
+    infos = infer_specs(model, source, module_axes)
+    start = _parameterization(model, source, infos, _gauge(source))
+    if recorded is not None:
+        _check_recorded(recorded, start)
+    gauged = GaugedModel(model, start)
+    target = _parameterization(model, config, infos, _gauge(config))
+    gauged.convert(target)
+    model.__dict__[_HANDLE] = gauged
+    model.__dict__["_gaugeconv_roles"] = infos
+    _record(model, config, target)
+    return model
+
+
+def convert_gauge(
+    model: nn.Module,
+    to: str | Gauge | GaugeConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedulers: Any = (),
+) -> dict[str, float]:
+    """Move a gauged model (and optimizer, schedulers) to another gauge; returns s per tensor."""
+    gauged = get_gauged(model)
+    current = gauge_config_of(model)
+    if isinstance(to, GaugeConfig):
+        new_config = to
+    elif isinstance(to, Custom):
+        multipliers = gauged.parameterization.with_gauge(to).multipliers
+        new_config = current.replace(gauge="custom", multipliers=multipliers)
+    else:
+        name = to.name if isinstance(to, Gauge) else str(to).lower()
+        new_config = current.replace(gauge=name, multipliers=None)
+    _same_axis(current, new_config)
+    target = gauged.parameterization.with_gauge(_gauge(new_config))
+    scales = gauged.convert(target, optimizer=optimizer, schedulers=schedulers)
+    _record(model, new_config, target)
+    return scales
+
+
+def initialize(model: nn.Module, seed: int | torch.Generator = 0) -> nn.Module:
+    """Re-draw the matrices of a gauged model per the init table (v, stored std sqrt(v)/m).
+
+    Vectors (biases, norm gains) keep their values. Explicit on purpose: apply_gauge never
+    re-initialises a model.
+    """
+    get_gauged(model).initialize(seed)
+    return model
+
+
+def from_pretrained(cls: Any, path: str, *args: Any, **kwargs: Any) -> nn.Module:
+    """``cls.from_pretrained(path)``, with the gauge recorded in its config.json restored.
+
+    A folder without a gauge entry loads as a plain model (STP gauge: nothing to restore).
+    """
+    model = cls.from_pretrained(path, *args, **kwargs)
+    recorded = gauge_config_of(model)
+    if recorded is None:
+        return model
+    return apply_gauge(model, recorded)
+
+
+def describe_roles(model: nn.Module) -> list[dict[str, Any]]:
+    """Per tensor: role, fan_in, uses, multiplier, lr factor, init std (for `gaugeconv roles`)."""
+    gauged = get_gauged(model)
+    infos: Mapping[str, TensorRoleInfo] = model.__dict__["_gaugeconv_roles"]
+    rows = []
+    for name, plan in gauged.plans.items():
+        info = infos[name]
+        rows.append({
+            "name": name, "shape": list(plan.spec.shape), "module": info.module_type,
+            "role": plan.spec.role.value, "fan_in": plan.spec.fan_in, "source": info.source,
+            "uses": list(info.uses), "multiplier": plan.multiplier, "lr_factor": plan.lr_factor,
+            "init_std": plan.init_std if plan.spec.init == "normal" else None,
+        })
+    return rows
