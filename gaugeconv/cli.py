@@ -205,6 +205,70 @@ def _cmd_roles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a saved model or Trainer checkpoint folder to another gauge (streaming)",
+        description="Convert SRC (a save_pretrained folder, single or sharded safetensors, or a "
+        "Trainer checkpoint-N folder with optimizer.pt and scheduler.pt) to gauge --to, writing "
+        "DST. The source gauge comes from config.json; a plain folder is STP gauge and needs "
+        "--richness. Tensors are streamed one at a time; SRC is never modified; DST appears "
+        "only when complete and verified.",
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--to", required=True, help="stp, mup, rescaling or a named point")
+    p.add_argument("--richness", "-r", type=_richness, default=None,
+                   help="r of a plain (gauge-less) SRC; must match a gauged SRC's r")
+    p.add_argument("--gamma", type=float, default=1.0, help="gamma of a plain SRC")
+    p.add_argument("--optimizer", default="adam", help="optimizer family of a plain SRC: adam|sgd")
+    p.add_argument("--tied-role", choices=["readin", "readout"], default="readout",
+                   help="learning-rate role of tied tensors for a plain SRC")
+    p.add_argument("--exact", action="store_true",
+                   help="refuse a conversion with scale factors that are not powers of two")
+    p.add_argument("--snap-pow2", action="store_true",
+                   help="use the nearest gauge whose factors are powers of two (lossless)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import signal
+
+    from .checkpoint import convert_checkpoint
+
+    def interrupted(signum, frame):  # let the temporary folder be removed on SIGTERM
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        report = convert_checkpoint(
+            args.src, args.dst, args.to, richness=args.richness, gamma=args.gamma,
+            optimizer=args.optimizer, tied_role=args.tied_role, exact=args.exact,
+            snap_pow2=args.snap_pow2, overwrite=args.overwrite, progress=not args.json,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(f"{report.src} -> {report.dst}  ({report.model})")
+    print(f"gauge {report.from_gauge['gauge']} -> {report.to_gauge['gauge']} at "
+          f"r={report.to_gauge['richness']:g}, {report.shards} shard(s), {report.tensors} tensors "
+          f"({report.scaled} rescaled, {report.copied_raw} copied as raw bytes), "
+          f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s")
+    print(f"optimizer.pt: {'converted' if report.optimizer else 'none'}   scheduler.pt: "
+          f"{'converted' if report.scheduler else 'none'}")
+    if report.lossless:
+        print("lossless: every scale factor is a power of two")
+    else:
+        print(f"largest round-trip error: {report.max_roundtrip_rel_error:.2e} (relative); "
+              f"{len(report.not_power_of_two)} tensor(s) with factors that are not powers of two "
+              "(--exact refuses, --snap-pow2 avoids)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gaugeconv",
@@ -215,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"gaugeconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_table, _add_verify, _add_demo, _add_roles):
+    for add in (_add_table, _add_verify, _add_demo, _add_roles, _add_convert):
         add(sub)
     return parser
 

@@ -25,7 +25,7 @@ from .tensor_ops import scale_
 if TYPE_CHECKING:
     from .model import GaugedModel
 
-__all__ = ["convert", "SCHEDULER_LR_ATTRS"]
+__all__ = ["convert", "SCHEDULER_LR_ATTRS", "scaled_lr_list"]
 
 SCHEDULER_LR_ATTRS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
 
@@ -130,9 +130,14 @@ def convert(
                     scale_(value, s**power)
     for sched in schedulers:
         for attr in SCHEDULER_LR_ATTRS:
-            values = getattr(sched, attr, None)
-            if isinstance(values, list) and len(values) == len(group_scales):
-                setattr(
-                    sched, attr, [v * s ** -(1 + k) for v, s in zip(values, group_scales)]
-                )
+            scaled = scaled_lr_list(getattr(sched, attr, None), group_scales, k)
+            if scaled is not None:
+                setattr(sched, attr, scaled)
     return scales
+
+
+def scaled_lr_list(values: Any, group_scales: list[float], degree: int) -> list[float] | None:
+    """A scheduler's per-group learning rates moved like lr (s**-(1+k)); None if not such a list."""
+    if not isinstance(values, list) or len(values) != len(group_scales):
+        return None
+    return [v * s ** -(1 + degree) for v, s in zip(values, group_scales)]

@@ -11,7 +11,7 @@ from ..errors import GaugeError
 from .config import CONFIG_KEY, GaugeConfig
 from .model import apply_gauge, describe_roles
 
-__all__ = ["roles_of_folder", "model_class_for"]
+__all__ = ["roles_of_folder", "model_class_for", "meta_model"]
 
 
 def model_class_for(config: Any) -> type:
@@ -25,8 +25,12 @@ def model_class_for(config: Any) -> type:
     return transformers.AutoModel._model_mapping[type(config)]
 
 
-def roles_of_folder(path: str | Path, config: GaugeConfig | None = None) -> dict[str, Any]:
-    """Inferred role, fan_in, multiplier and lr factor of every tensor of a saved model."""
+def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
+    """The model of a save_pretrained folder, built on the meta device and put in its gauge.
+
+    The gauge is the folder's config.json entry (checked against the model's roles), or, for a
+    plain folder, STP gauge at ``config``'s richness. No weights are read.
+    """
     from transformers import AutoConfig
 
     path = Path(path)
@@ -39,17 +43,22 @@ def roles_of_folder(path: str | Path, config: GaugeConfig | None = None) -> dict
     elif config is not None:
         gauge_config = config
     else:
-        raise GaugeError(f"{path} carries no gauge entry: give the richness")
+        raise GaugeError(f"{path} carries no gauge entry (a plain checkpoint): give the richness")
     cls = model_class_for(hf_config)
     if recorded:
-        delattr(hf_config, CONFIG_KEY)  # roles are re-derived and checked against the entry
+        delattr(hf_config, CONFIG_KEY)  # roles are re-derived, then checked against the entry
     with torch.device("meta"):
         model = cls(hf_config)
     if recorded:
         setattr(model.config, CONFIG_KEY, recorded)
-    apply_gauge(model, gauge_config)
+    return apply_gauge(model, gauge_config)
+
+
+def roles_of_folder(path: str | Path, config: GaugeConfig | None = None) -> dict[str, Any]:
+    """Inferred role, fan_in, multiplier and lr factor of every tensor of a saved model."""
+    model = meta_model(path, config)
     return {
-        "model": cls.__name__,
+        "model": type(model).__name__,
         "gauge": GaugeConfig.from_dict(getattr(model.config, CONFIG_KEY)).to_dict(),
         "tensors": describe_roles(model),
     }

@@ -28,7 +28,7 @@ from .roles import AxesRule, TensorRoleInfo, infer_specs, width_of
 
 __all__ = [
     "apply_gauge", "convert_gauge", "from_pretrained", "get_gauged", "initialize",
-    "gauge_config_of", "describe_roles",
+    "gauge_config_of", "describe_roles", "gauge_entry", "gauge_of",
 ]
 
 _HANDLE = "_gaugeconv"
@@ -81,9 +81,18 @@ def _parameterization(
     )
 
 
+def gauge_entry(config: GaugeConfig, param: Parameterization) -> dict[str, Any]:
+    """The config.json entry of a model in ``param``: the config with width and multipliers."""
+    return config.replace(width=param.width, multipliers=param.multipliers).to_dict()
+
+
+def gauge_of(config: GaugeConfig) -> Gauge:
+    """The Gauge a GaugeConfig names (custom: its recorded multipliers)."""
+    return _gauge(config)
+
+
 def _record(model: nn.Module, config: GaugeConfig, param: Parameterization) -> None:
-    entry = config.replace(width=param.width, multipliers=param.multipliers).to_dict()
-    setattr(model.config, CONFIG_KEY, entry)
+    setattr(model.config, CONFIG_KEY, gauge_entry(config, param))
 
 
 def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
