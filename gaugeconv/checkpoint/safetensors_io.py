@@ -4,8 +4,9 @@ A safetensors file is an 8-byte little-endian header length, a JSON header (dtyp
 byte range of every tensor, plus optional ``__metadata__``) and the raw bytes. A gauge change
 keeps every dtype and shape, so the output header is the input header byte for byte (metadata
 kept) and every tensor keeps its byte range: unscaled tensors are copied as raw bytes, scaled
-ones are decoded in chunks of at most 2**22 entries, multiplied in float64, rounded once to
-their dtype and written. Peak memory is a few chunk buffers, whatever the model's size.
+ones are decoded in chunks of at most 2**20 entries (reused buffers), multiplied in float64 and
+rounded once to their dtype (directly for powers of two, where that is exact) and written. Peak
+memory is a few chunk buffers, whatever the model's size.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "BOOL": (torch.bool, 1), "F8_E4M3": (torch.float8_e4m3fn, 1), "F8_E5M2": (torch.float8_e5m2, 1),
 }
 SCALABLE = ("F64", "F32", "F16", "BF16")
-CHUNK = 1 << 22
+CHUNK = 1 << 20
 _MAX_HEADER = 100 << 20
 
 
@@ -134,6 +135,7 @@ def rescale_file(
         progress(len(header.raw))
         if header.size == len(header.raw):
             return errors
+        buffers = _Buffers()
         with mmap.mmap(fin.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
             try:
@@ -142,12 +144,25 @@ def rescale_file(
                     if f == 1.0:
                         _copy_raw(view, e, fout, progress)
                     else:
-                        errors[e.name] = _scale_entry(view, e, f, fout, progress)
+                        errors[e.name] = _scale_entry(view, e, f, fout, progress, buffers)
+                    _release(mm, e.end)
             finally:
                 view.release()
         fout.flush()
         os.fsync(fout.fileno())
     return errors
+
+
+def _release(mm: mmap.mmap, upto: int) -> None:
+    """Drop the mapped pages already consumed, so resident memory stays at a chunk or so.
+
+    The pages are clean and file-backed: the kernel keeps them in its page cache, the process
+    just stops holding them (without this, RSS grows to the size of the file).
+    """
+    if hasattr(mmap, "MADV_DONTNEED"):
+        end = upto - upto % mmap.PAGESIZE
+        if end > 0:
+            mm.madvise(mmap.MADV_DONTNEED, 0, end)
 
 
 def _copy_raw(view: memoryview, e: TensorEntry, fout, progress) -> None:
@@ -158,7 +173,20 @@ def _copy_raw(view: memoryview, e: TensorEntry, fout, progress) -> None:
         progress(b - a)
 
 
-def _scale_entry(view: memoryview, e: TensorEntry, factor: float, fout, progress) -> float:
+class _Buffers:
+    """Chunk buffers reused across tensors: a float64 work area and one per output dtype."""
+
+    def __init__(self) -> None:
+        self.work = torch.empty(CHUNK, dtype=torch.float64)
+        self.out: dict[torch.dtype, torch.Tensor] = {}
+
+    def output(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self.out:
+            self.out[dtype] = torch.empty(CHUNK, dtype=dtype)
+        return self.out[dtype]
+
+
+def _scale_entry(view, e: TensorEntry, factor: float, fout, progress, buffers: _Buffers) -> float:
     if e.dtype not in SCALABLE:
         raise CheckpointError(f"tensor {e.name!r} has dtype {e.dtype}, which cannot be rescaled")
     dtype, width = DTYPES[e.dtype]
@@ -170,14 +198,17 @@ def _scale_entry(view: memoryview, e: TensorEntry, factor: float, fout, progress
         with warnings.catch_warnings():  # the mmap is read-only; x is only read
             warnings.simplefilter("ignore", UserWarning)
             x = torch.frombuffer(view[a:b], dtype=dtype)
-        x64 = x.to(torch.float64)
-        y = (x64 * factor).to(dtype)
-        raw = y.view(torch.int16) if dtype == torch.bfloat16 else y
-        fout.write(raw.numpy().tobytes())
-        if not exact:
-            back = y.to(torch.float64) / factor
-            worst = max(worst, (back - x64).abs().max().item())
-        scale = max(scale, x64.abs().max().item())
+        n = x.numel()
+        work, y = buffers.work[:n], buffers.output(dtype)[:n]
+        if exact:  # scaling by 2**k commutes with rounding: no need to go through float64
+            torch.mul(x, factor, out=y)
+        else:
+            work.copy_(x).mul_(factor)
+            y.copy_(work)
+            work.copy_(y).div_(factor).sub_(x)
+            worst = max(worst, work.abs().max().item())
+            scale = max(scale, x.abs().max().item())
+        fout.write((y.view(torch.int16) if dtype == torch.bfloat16 else y).numpy())
         progress(b - a)
         del x
     return worst / scale if scale > 0 else 0.0
