@@ -269,6 +269,189 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _widths(value: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be integers like 128,256,512: {value!r}") from None
+    if len(widths) < 2 or any(w < 2 for w in widths):
+        raise argparse.ArgumentTypeError("give at least two widths >= 2")
+    return widths
+
+
+def _add_coord_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "coord-check",
+        help="train the reference MLP at several widths and fit each quantity's width exponent",
+        description="Coordinate check with fitted exponents: per layer RMS(h) at init and after "
+        "training, RMS(dh)/RMS(h), the layer's own-update share of dh, its share of the loss "
+        "decrease, RMS(df) per step and gradient sizes, fitted against width over seeds, "
+        "compared with THEORY.md section 7, with a verdict per desideratum (D0-D3, richness).",
+    )
+    p.add_argument("--richness", "-r", type=_richness, default=0.5)
+    p.add_argument("--gauge", default="stp", help="stp, mup or rescaling (the result is the same)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--widths", type=_widths, default=(128, 256, 512, 1024, 2048, 4096))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--lr", type=float, default=None, help="base lr (default 0.5 sgd, 0.05 adam)")
+    p.add_argument("--tolerance", type=float, default=0.15, help="allowed |slope - theory|")
+    p.add_argument("--negative-control", choices=["sp", "readout-too-large", "hidden-lr"],
+                   default=None, help="check a deliberately broken family instead")
+    p.add_argument("--plot", metavar="FILE.png", default=None, help="write the plot there")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_coord_check)
+
+
+def _cmd_coord_check(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .diagnostics.coord_check import (
+        CoordCheckConfig,
+        coord_check,
+        format_report,
+        mlp_factory,
+        negative_lr_scale,
+    )
+
+    cfg = CoordCheckConfig(richness=args.richness, gauge=args.gauge, optimizer=args.optimizer,
+                           widths=args.widths, seeds=args.seeds, steps=args.steps, lr=args.lr,
+                           tolerance=args.tolerance)
+    data = load_data(cfg.data)
+    control = args.negative_control
+    if control == "sp":  # SP's init is that of r = 0; judge it there
+        cfg.richness = 0.0
+    report = coord_check(cfg, mlp_factory(cfg, data, control), data,
+                         lr_scale=negative_lr_scale(control), progress=not args.json)
+    if args.plot:
+        from .diagnostics.plots import plot_coord_check
+
+        plot_coord_check(report, args.plot)
+    if args.json:
+        out = report.to_json()
+        out["negative_control"] = control
+        out["plot"] = args.plot
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_report(report))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0 if report.passed else 1
+
+
+def _parse_abc(text: str) -> dict[str, list[float]]:
+    out = {}
+    for part in text.replace(" ", "").split(";"):
+        if not part:
+            continue
+        role, _, nums = part.partition("=")
+        try:
+            values = [float(x) for x in nums.split(",")]
+        except ValueError:
+            values = []
+        if role not in ("readin", "hidden", "readout") or len(values) != 3:
+            raise GaugeError(f"--abc part {part!r}: expected ROLE=a,b,c with ROLE readin, hidden "
+                             "or readout")
+        out[role] = values
+    missing = {"readin", "hidden", "readout"} - set(out)
+    if missing:
+        raise GaugeError(f"--abc lacks {sorted(missing)}")
+    return out
+
+
+def _add_classify(sub: Any) -> None:
+    from .diagnostics.classify import PRESETS
+
+    p = sub.add_parser(
+        "classify",
+        help="is a parameterization in the richness family? which r and gauge, or what fails",
+        description="Classify per-role abc exponents (W = n^-a w, w ~ N(0, n^-2b), lr = eta "
+        "n^-c), a preset, or multipliers/init stds/lrs measured at two or more widths (a JSON "
+        "file {width: {role: {multiplier, init_std, lr, fan_in}}}).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", choices=sorted(PRESETS))
+    src.add_argument("--abc", help='e.g. "readin=0,0,0; hidden=0,0.5,0; readout=0,0.5,0"')
+    src.add_argument("--measured", metavar="FILE.json")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                   help="optimizer family (default sgd; a preset brings its own)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_classify)
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .diagnostics.classify import PRESETS, classify_abc, classify_measured
+
+    if args.preset:
+        family, abc = PRESETS[args.preset]
+        result = classify_abc(abc, args.optimizer or family)
+    elif args.abc:
+        result = classify_abc(_parse_abc(args.abc), args.optimizer or "sgd")
+    else:
+        from pathlib import Path
+
+        raw = json.loads(Path(args.measured).read_text())
+        result = classify_measured({int(w): v for w, v in raw.items()}, args.optimizer or "sgd")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    abc = result.abc
+    print("abc exponents: " + "; ".join(f"{k}=({', '.join(f'{x:g}' for x in v)})"
+                                        for k, v in abc.items()))
+    if result.in_family:
+        print(f"in the richness family: r = {result.richness:g}, gauge {' = '.join(result.gauges)}"
+              + (f" (named point {result.named_point})" if result.named_point else ""))
+        if result.gamma is not None:
+            print(f"gamma = {result.gamma:.4g}, eta = {result.eta:.4g}")
+    else:
+        print("NOT in the richness family:")
+        for f in result.failures:
+            print(f"  {f['role']:<8} {f['desideratum']:<9} {f['quantity']} {f['have']:g}, "
+                  f"needs {f['expected']:g}: {f['why']}")
+        n = result.nearest
+        print(f"nearest member: r = {n['richness']:g}, gauge {' = '.join(n['gauges'])}, abc "
+              + "; ".join(f"{k}=({', '.join(f'{x:g}' for x in v)})" for k, v in n["abc"].items()))
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _add_lazy(sub: Any) -> None:
+    p = sub.add_parser(
+        "lazy-check",
+        help="distance between the trained network and its trained linearization vs width",
+        description="Train the reference tanh MLP (float64, full-batch SGD) and its "
+        "linearization around init on the same data; fit how their relative distance on "
+        "held-out inputs scales with width (expected slope 2r - 1: lazy for r < 1/2).",
+    )
+    p.add_argument("--richness", "-r", type=_richness, default=0.0)
+    p.add_argument("--widths", type=_widths, default=(128, 256, 512, 1024, 2048))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_lazy)
+
+
+def _cmd_lazy(args: argparse.Namespace) -> int:
+    from .diagnostics.lazy import LazyConfig, lazy_limit
+    from .richness import Richness
+
+    Richness(args.richness)
+    out = lazy_limit(LazyConfig(richness=args.richness, widths=args.widths, seeds=args.seeds,
+                                steps=args.steps, lr=args.lr), progress=not args.json)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0 if out["pass"] else 1
+    print(f"lazy-limit check at r={args.richness:g} ({out['data']})")
+    for w, d in zip(out["config"]["widths"], out["distance"]):
+        print(f"  width {w:>5}: ||f - f_lin|| / ||f - f_0|| = {d:.4g}")
+    print(f"slope {out['slope']:+.3f} +- {out['stderr']:.3f}, expected 2r - 1 = "
+          f"{out['expected']:+.3f}: {'pass' if out['pass'] else 'FAIL'}; the network "
+          + ("approaches its linearization (lazy)" if out["approaches_linearization"]
+             else "does not approach its linearization (rich)"))
+    return 0 if out["pass"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gaugeconv",
@@ -279,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"gaugeconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_table, _add_verify, _add_demo, _add_roles, _add_convert):
+    for add in (_add_table, _add_verify, _add_demo, _add_roles, _add_convert, _add_coord_check,
+                _add_classify, _add_lazy):
         add(sub)
     return parser
 

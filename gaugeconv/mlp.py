@@ -83,7 +83,7 @@ def build_mlp(
     d_out: int,
     width: int,
     depth: int = 3,
-    richness: float | Richness = 0.5,
+    richness: float | Richness | None = None,
     gauge: Gauge | str = "mup",
     optimizer: str | Family = "sgd",
     gamma: float = 1.0,
@@ -95,7 +95,8 @@ def build_mlp(
 ) -> GaugedModel:
     """The reference MLP in (r, gamma, gauge), initialised per the table (seed=None: no init).
 
-    ``gauge`` may be a named point (ntp, ntp-lr, mup, mup-lr, mfp), which fixes r. Hidden widths
+    ``gauge`` may be a named point (ntp, ntp-lr, mup, mup-lr, mfp), which fixes r (otherwise r
+    defaults to 1/2). Hidden widths
     are round(mult * width) for ``width_mults`` (default all 1, depth - 1 hidden layers).
     """
     if depth < 2:
@@ -105,6 +106,7 @@ def build_mlp(
         raise GaugeError(f"width_mults has {len(mults)} entries, depth {depth} needs {depth - 1}")
     widths = [max(1, round(m * width)) for m in mults]
     g, r = resolve_point(gauge, richness.r if isinstance(richness, Richness) else richness)
+    r = 0.5 if r is None else r
     rich = Richness(r, richness.gamma if isinstance(richness, Richness) else gamma)
     module = ReferenceMLP(d_in, d_out, widths, activation, bias, dtype)
     param = Parameterization(module.tensor_specs(), rich, g, Family.parse(optimizer), width)

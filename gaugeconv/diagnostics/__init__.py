@@ -1,0 +1,10 @@
+"""Richness diagnostics: coordinate check, classifier, lazy-limit check, plots."""
+
+from .classify import PRESETS, Classification, classify_abc, classify_factory, classify_measured
+from .coord_check import CoordCheckConfig, CoordCheckReport, coord_check
+from .lazy import LazyConfig, lazy_limit
+
+__all__ = [
+    "PRESETS", "Classification", "classify_abc", "classify_factory", "classify_measured",
+    "CoordCheckConfig", "CoordCheckReport", "coord_check", "LazyConfig", "lazy_limit",
+]
