@@ -105,33 +105,28 @@ def test_groups_logging_and_the_stock_trainer(tmp_path):
 
     # the stock Trainer through optimizer_cls_and_kwargs, clipping off (it clips the stored
     # gradients' norm, which is not gauge invariant): same losses in two gauges
-    runs = {}
-    for gauge in ("stp", "rescaling"):
-        with default_dtype(torch.float64):
-            model = gauged("gpt2", gauge, "adamw", torch.float64)
-            args = training_args(str(tmp_path / f"stock-{gauge}"), "adamw", STEPS, max_grad_norm=0)
-            stock = Trainer(model=model, args=args, train_dataset=Stream("gpt2"),
-                            optimizer_cls_and_kwargs=gh.optimizer_cls_and_kwargs(args),
-                            compute_loss_func=loss_func("gpt2"))
-            stock.train()
-        assert len(stock.optimizer.param_groups) == len(groups)
-        runs[gauge] = losses(stock)
-    assert rel(runs["stp"], runs["rescaling"]) <= 1e-10
+    stp, resc = (run_stock(tmp_path, g, max_grad_norm=0) for g in ("stp", "rescaling"))
+    assert len(stp.optimizer.param_groups) == len(groups)
+    assert rel(losses(stp), losses(resc)) <= 1e-10
+
+
+def run_stock(tmp_path, gauge, max_grad_norm):
+    """The stock Trainer with gaugeconv's optimizer factory (GPT-2, AdamW, float64)."""
+    with default_dtype(torch.float64):
+        model = gauged("gpt2", gauge, "adamw", torch.float64)
+        args = training_args(str(tmp_path / f"stock-{gauge}-{max_grad_norm}"), "adamw", STEPS,
+                             max_grad_norm=max_grad_norm)
+        stock = Trainer(model=model, args=args, train_dataset=Stream("gpt2"),
+                        optimizer_cls_and_kwargs=gh.optimizer_cls_and_kwargs(args),
+                        compute_loss_func=loss_func("gpt2"))
+        stock.train()
+    return stock
 
 
 def test_stock_clipping_breaks_equivalence_and_gauge_clipping_keeps_it(tmp_path):
     """Negative control: the Trainer's own clipping by the stored norm tells gauges apart."""
-    runs = {}
-    for gauge in ("stp", "rescaling"):
-        with default_dtype(torch.float64):
-            model = gauged("gpt2", gauge, "adamw", torch.float64)
-            args = training_args(str(tmp_path / f"clip-{gauge}"), "adamw", STEPS, max_grad_norm=0.1)
-            stock = Trainer(model=model, args=args, train_dataset=Stream("gpt2"),
-                            optimizer_cls_and_kwargs=gh.optimizer_cls_and_kwargs(args),
-                            compute_loss_func=loss_func("gpt2"))
-            stock.train()
-        runs[gauge] = losses(stock)
-    assert rel(runs["stp"], runs["rescaling"]) > 1e-6
+    stp, resc = (run_stock(tmp_path, g, max_grad_norm=0.1) for g in ("stp", "rescaling"))
+    assert rel(losses(stp), losses(resc)) > 1e-6
     a = losses(run_trainer(tmp_path, "gpt2", "stp", "adamw", torch.float64, max_grad_norm=0.1))
     b = losses(run_trainer(tmp_path, "gpt2", "rescaling", "adamw", torch.float64,
                            max_grad_norm=0.1))
