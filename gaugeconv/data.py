@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Dataset", "load_data"]
+__all__ = ["Dataset", "load_data", "token_data"]
 
 
 @dataclass
 class Dataset:
     x: torch.Tensor
     y: torch.Tensor
-    task: str  # "classification" (y: class ids) or "regression" (y: targets)
+    task: str  # "classification" (y: class ids), "regression" (y: targets), "causal-lm"
     description: str
 
     @property
@@ -27,6 +27,9 @@ class Dataset:
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
             return torch.nn.functional.cross_entropy(out, y)
+        if self.task == "causal-lm":  # out: logits [batch, length, vocab]; y: token ids
+            logits = out[:, :-1].reshape(-1, out.shape[-1])
+            return torch.nn.functional.cross_entropy(logits, y[:, 1:].reshape(-1))
         return 0.5 * ((out - y) ** 2).sum(dim=1).mean()
 
     def batches(self, steps: int, batch_size: int, seed: int = 0):
@@ -36,6 +39,16 @@ class Dataset:
         for _ in range(steps):
             idx = torch.randint(0, n, (batch_size,), generator=gen)
             yield self.x[idx], self.y[idx]
+
+
+def token_data(vocab: int, count: int = 512, length: int = 16, seed: int = 0) -> Dataset:
+    """Token sequences for language models: arithmetic progressions modulo the vocabulary."""
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, vocab, (count, 1), generator=gen)
+    step = torch.randint(1, 4, (count, 1), generator=gen)
+    ids = (start + step * torch.arange(length)) % vocab
+    return Dataset(ids, ids, "causal-lm",
+                   f"token progressions: {count} sequences of {length} tokens, vocabulary {vocab}")
 
 
 def load_data(name: str = "digits", dtype: torch.dtype = torch.float32) -> Dataset:

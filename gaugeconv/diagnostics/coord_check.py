@@ -113,13 +113,25 @@ def mlp_factory(cfg: CoordCheckConfig, data: Dataset, variant: str | None = None
 
 
 def _layers(gm: GaugedModel) -> list[tuple[str, nn.Module, str]]:
-    """(module path, module, weight name) of every module owning a >=2-d parameter."""
+    """(module path, module, stored tensor name) of every module using a >=2-d weight.
+
+    A tied tensor appears once per module that uses it (GPT-2's wte and lm_head).
+    """
     out = []
-    for path, module in gm.module.named_modules():
+    for path, module in gm.module.named_modules(remove_duplicate=False):
         w = module._parameters.get("weight")
         if w is not None and w.ndim >= 2:
-            out.append((path, module, f"{path}.weight" if path else "weight"))
+            out.append((path, module, gm.uses[f"{path}.weight" if path else "weight"]))
     return out
+
+
+def _tensor(out: Any) -> torch.Tensor:
+    """The output tensor of a model call (Hugging Face outputs: their logits)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    return out[0]
 
 
 def _rms(t: torch.Tensor) -> float:
@@ -136,7 +148,7 @@ def _record(gm, layers, x):
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            f = gm.module(x).detach()
+            f = _tensor(gm.module(x)).detach()
     finally:
         for h in handles:
             h.remove()
@@ -159,7 +171,7 @@ def _run(gm: GaugedModel, cfg: CoordCheckConfig, data: Dataset, lr: float, seed:
     df, prev = [], f0
     for step in range(cfg.steps):
         opt.zero_grad()
-        loss = data.loss(gm.module(train_x), train_y)
+        loss = data.loss(_tensor(gm.module(train_x)), train_y)
         loss.backward()
         if step == 0:
             before = gm.effective_parameters()

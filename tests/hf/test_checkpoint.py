@@ -231,3 +231,37 @@ def test_a_conversion_killed_halfway_leaves_no_dst(tmp_path, how):
     # the next conversion removes what a killed one left and succeeds
     convert_checkpoint(tmp_path / "big", dst, "mup", richness=0.25, progress=False)
     assert dst.is_dir() and not list(tmp_path.glob(".out.gaugeconv-tmp-*"))
+
+
+def test_bfloat16_exact_refuses_and_snap_is_lossless(tmp_path, capsys):
+    build("llama", 48, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    before = digest(tmp_path / "bf16")
+    code = main(["convert", str(tmp_path / "bf16"), str(tmp_path / "x"), "--to", "mup", "-r", "0.5",
+                 "--exact"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not powers of two" in err and "self_attn" in err
+    assert not (tmp_path / "x").exists() and digest(tmp_path / "bf16") == before
+    report = convert_checkpoint(tmp_path / "bf16", tmp_path / "snap", "mup", richness=0.5,
+                                snap_pow2=True, progress=False)
+    assert report.lossless and report.snapped_to_powers_of_two and report.scaled > 0
+    assert json.loads((tmp_path / "snap" / "config.json").read_text())["gaugeconv"]["gauge"] == \
+        "custom"
+    back = convert_checkpoint(tmp_path / "snap", tmp_path / "back", "stp", progress=False)
+    assert back.lossless
+    orig, again = tensors(tmp_path / "bf16"), tensors(tmp_path / "back")
+    assert all(torch.equal(orig[k], again[k]) for k in orig)  # bit for bit in bfloat16
+
+
+def test_roles_command(tmp_path, capsys):
+    build("gpt2", 48).save_pretrained(tmp_path / "plain")
+    assert main(["roles", str(tmp_path / "plain")]) == 2
+    assert "give the richness" in capsys.readouterr().err
+    assert main(["roles", str(tmp_path / "plain"), "-r", "0.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {t["name"]: t for t in report["tensors"]}
+    assert report["model"] == "GPT2LMHeadModel"
+    assert rows["transformer.h.0.mlp.c_fc.weight"]["role"] == "hidden"
+    assert rows["transformer.h.0.mlp.c_fc.weight"]["fan_in"] == 48
+    assert rows["transformer.wte.weight"]["uses"] == ["transformer.wte.weight", "lm_head.weight"]
+    assert main(["roles", str(tmp_path / "plain"), "-r", "0.5"]) == 0
+    assert "transformer.wte.weight (+tied)" in capsys.readouterr().out

@@ -177,3 +177,32 @@ def test_initialize_draws_the_table():
     assert eff["model.layers.0.mlp.up_proj.weight"].var().item() == pytest.approx(1 / 256, rel=0.05)
     assert eff["lm_head.weight"].var().item() == pytest.approx(1 / 256**2, rel=0.05)
     assert torch.equal(eff["model.norm.weight"], torch.ones(256, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("r", [0.0, 0.5])
+def test_coord_check_on_a_hugging_face_llama(r):
+    """The coordinate check through the API on a real transformer: roles per module and the
+    richness exponent of every hidden representation (RMS(dh)/RMS(h) ~ n^(r - 1/2))."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gaugeconv.data import token_data
+    from gaugeconv.diagnostics import CoordCheckConfig, coord_check
+
+    def factory(width, seed):
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, vocab_size=64,
+                          max_position_embeddings=16, bos_token_id=0, eos_token_id=0,
+                          tie_word_embeddings=False)
+        model = gh.apply_gauge(LlamaForCausalLM(cfg), gh.GaugeConfig(richness=r, gauge="mup"))
+        return gh.get_gauged(gh.initialize(model, seed))
+
+    cfg = CoordCheckConfig(richness=r, optimizer="adam", widths=(64, 128, 256, 512), seeds=2,
+                           lr=0.02, batch_size=16)
+    rep = coord_check(cfg, factory, token_data(64))
+    assert rep.roles["model.embed_tokens"] == "readin" and rep.roles["lm_head"] == "readout"
+    hidden = [name for name, role in rep.roles.items() if role == "hidden"]
+    assert len(hidden) == 14
+    for name in hidden + ["model.embed_tokens"]:
+        assert abs(rep.results[name]["feature_change"]["slope"] - (r - 0.5)) <= 0.15, name
+    assert abs(rep.results["lm_head"]["rms_h_init"]["slope"] + r) <= 0.1
