@@ -69,7 +69,8 @@ def test_demo_json(capsys):
     assert all(r["equivalent"] for r in report["runs"].values())
 
 
-@pytest.mark.parametrize("command", ["", "table", "verify", "demo"])
+@pytest.mark.parametrize("command", ["", "table", "verify", "demo", "roles", "convert",
+                                     "coord-check", "classify", "lazy-check"])
 def test_every_command_has_help(command):
     argv = [sys.executable, "-m", "gaugeconv", *([command] if command else []), "--help"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
