@@ -17,10 +17,14 @@ from torch import nn
 from .errors import GaugeError, UnsupportedOptimizerError
 from .gauges import Gauge
 from .multipliers import MultiplierHooks
-from .optim_rules import DEFAULT_REGISTRY, OptimizerRegistry, OptimizerRule
+from .optim_rules import DEFAULT_REGISTRY, LR_KEYS, OptimizerRegistry, OptimizerRule
 from .plan import Parameterization, TensorPlan, check_covers
 
-__all__ = ["GaugedModel", "attach", "optimizer_class", "default_no_decay", "tensor_uses"]
+__all__ = [
+    "GaugedModel", "attach", "optimizer_class", "default_no_decay", "tensor_uses", "BASE_LR_GROUP",
+]
+
+BASE_LR_GROUP = "gaugeconv/base-lr"  # param_names of the empty group that carries eta
 
 _TORCH_OPTIMIZERS = {
     "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamax": "Adamax", "nadam": "NAdam",
@@ -166,20 +170,20 @@ class GaugedModel:
         """
         cls = optimizer_class(optimizer)
         rule = rule or self.rule_for(cls)
+        base: dict[str, Any] = {}  # effective-space values of the keys the rule moves
+        for key in rule.hyper_powers(hyper):
+            if key in LR_KEYS:
+                continue
+            value = hyper.get(key, _signature_default(cls, key))
+            if value is not None and not isinstance(value, bool):
+                base[key] = float(value)
         groups = []
         for name, p in self.module.named_parameters():
             plan = self.plans[name]
-            group: dict[str, Any] = {"lr": float(lr) * plan.target.lr_factor}
-            context = {**hyper}
-            for key in rule.hyper_powers(context):
-                if key in ("lr", "initial_lr", "max_lr", "min_lr"):
-                    continue
-                value = hyper.get(key, _signature_default(cls, key))
-                if value is not None and not isinstance(value, bool):
-                    group[key] = float(value)
+            group: dict[str, Any] = {"lr": float(lr) * plan.target.lr_factor, **base}
             if "weight_decay" in group and no_decay(name, p):
                 group["weight_decay"] = 0.0
-            group.update(rule.scaled_hypers({**context, **group}, plan.multiplier))
+            group.update(rule.scaled_hypers({**hyper, **group}, plan.multiplier))
             group["params"] = [p]
             group["param_names"] = [name]
             groups.append(group)
@@ -191,11 +195,21 @@ class GaugedModel:
         lr: float,
         no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay,
         rule: OptimizerRule | None = None,
+        base_lr_group: bool = False,
         **hyper: Any,
     ) -> torch.optim.Optimizer:
-        """An optimizer with per-tensor groups; ``lr`` is the base (effective-space) rate eta."""
+        """An optimizer with per-tensor groups; ``lr`` is the base (effective-space) rate eta.
+
+        Frozen tensors (requires_grad False) are left out. With ``base_lr_group`` the first group
+        is an empty one whose lr is eta, so whatever logs "the" learning rate from group 0 (the
+        HF Trainer, LR monitors) shows eta times the schedule.
+        """
         cls = optimizer_class(optimizer)
         groups = self.param_groups(lr, cls, no_decay=no_decay, rule=rule, **hyper)
+        groups = [g for g in groups if g["params"][0].requires_grad]
+        if base_lr_group:
+            groups.insert(0, {"params": [], "param_names": [BASE_LR_GROUP], "lr": float(lr),
+                              "weight_decay": 0.0})
         scaled = {k for g in groups for k in g} - {"params", "param_names"}
         defaults = {k: v for k, v in hyper.items() if k not in scaled}
         return cls(groups, lr=float(lr), **defaults)

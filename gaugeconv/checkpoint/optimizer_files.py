@@ -15,13 +15,12 @@ from typing import Any
 import torch
 
 from ..convert import SCHEDULER_LR_ATTRS, scaled_lr_list
+from ..model import BASE_LR_GROUP
 from ..optim_rules import DEFAULT_REGISTRY, OptimizerRule
 from ..tensor_ops import scale_
 from .safetensors_io import CheckpointError
 
 __all__ = ["load_trusted", "infer_rule", "convert_optimizer_state", "convert_scheduler_state"]
-
-BASE_LR_GROUP = "gaugeconv/base-lr"
 
 
 def load_trusted(path: Path) -> Any:

@@ -23,12 +23,10 @@ from torch import nn
 
 from ..clip import clip_grad_norm_, effective_grad_norm
 from ..errors import GaugeError, UnsupportedOptimizerError
-from ..model import optimizer_class
+from ..model import BASE_LR_GROUP, optimizer_class
 from .model import get_gauged
 
 __all__ = ["GaugeOptimizerFactory", "optimizer_cls_and_kwargs", "GaugeTrainer", "BASE_LR_GROUP"]
-
-BASE_LR_GROUP = "gaugeconv/base-lr"
 
 _OPTIM_NAMES = {
     "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "sgd": "sgd",
@@ -54,19 +52,11 @@ class GaugeOptimizerFactory:
         base_lr_group: bool = True,
         **hyper: Any,
     ) -> torch.optim.Optimizer:
-        gauged = get_gauged(model)
-        cls = optimizer_class(optimizer)
         decay = _decay_names(model)
-        groups = gauged.param_groups(
-            lr, cls, no_decay=lambda name, p: name not in decay, **hyper
+        return get_gauged(model).make_optimizer(
+            optimizer, lr, no_decay=lambda name, p: name not in decay,
+            base_lr_group=base_lr_group, **hyper,
         )
-        groups = [g for g in groups if g["params"][0].requires_grad]
-        if base_lr_group:
-            groups.insert(0, {"params": [], "param_names": [BASE_LR_GROUP], "lr": float(lr),
-                              "weight_decay": 0.0})
-        scaled = {k for g in groups for k in g} - {"params", "param_names"}
-        defaults = {k: v for k, v in hyper.items() if k not in scaled}
-        return cls(groups, lr=float(lr), **defaults)
 
 
 def optimizer_cls_and_kwargs(args: Any, optimizer: str | None = None, **hyper: Any):
