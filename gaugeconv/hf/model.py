@@ -113,11 +113,14 @@ def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
 
 
 def _same_axis(have: GaugeConfig, want: GaugeConfig) -> None:
-    for key in ("richness", "gamma", "optimizer"):
+    """A gauge change keeps everything but the gauge: richness, gamma, family and roles."""
+    for key in ("richness", "gamma", "optimizer", "tied_role", "role_overrides",
+                "fan_in_overrides"):
         if getattr(have, key) != getattr(want, key):
             raise GaugeError(
                 f"the model is at {key}={getattr(have, key)!r} but {key}={getattr(want, key)!r} "
-                "was asked for: a gauge change keeps richness, gamma and optimizer family fixed"
+                "was asked for: a gauge change keeps richness, gamma, optimizer family and "
+                "roles fixed"
             )
 
 
