@@ -206,3 +206,26 @@ def test_coord_check_on_a_hugging_face_llama(r):
     for name in hidden + ["model.embed_tokens"]:
         assert abs(rep.results[name]["feature_change"]["slope"] - (r - 0.5)) <= 0.15, name
     assert abs(rep.results["lm_head"]["rms_h_init"]["slope"] + r) <= 0.1
+
+
+def test_bert_with_pooler_and_next_sentence_head():
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=48, intermediate_size=192, num_hidden_layers=2,
+                     num_attention_heads=4, vocab_size=61, max_position_embeddings=32,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+    model = BertForPreTraining(cfg).eval()
+    x = batch("bert")
+    x.pop("labels")
+    ref = model(**x)
+    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="rescaling"))
+    r = roles(model)
+    assert r["bert.pooler.dense.weight"] == ("hidden", 48, "shapes")
+    assert r["cls.seq_relationship.weight"] == ("readout", 48, "shapes")
+    assert r["cls.seq_relationship.bias"] == ("fixed", 1, "shapes")
+    assert r["bert.embeddings.position_embeddings.weight"] == ("readin", 1, "shapes")
+    out = model(**x)
+    for a, b in ((out.prediction_logits, ref.prediction_logits),
+                 (out.seq_relationship_logits, ref.seq_relationship_logits)):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 2e-6
