@@ -25,7 +25,7 @@ from .tensor_ops import scale_
 if TYPE_CHECKING:
     from .model import GaugedModel
 
-__all__ = ["convert", "SCHEDULER_LR_ATTRS", "scaled_lr_list"]
+__all__ = ["convert", "SCHEDULER_LR_ATTRS", "scaled_lr_list", "scale_state_"]
 
 SCHEDULER_LR_ATTRS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
 
@@ -124,16 +124,22 @@ def convert(
             continue
         group.update(rule.scaled_hypers({**optimizer.defaults, **group}, s))
         for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                power = rule.state_powers.get(key, 0)
-                if power and isinstance(value, torch.Tensor):
-                    scale_(value, s**power)
+            scale_state_(optimizer.state.get(p, {}), s, rule)
     for sched in schedulers:
         for attr in SCHEDULER_LR_ATTRS:
             scaled = scaled_lr_list(getattr(sched, attr, None), group_scales, k)
             if scaled is not None:
                 setattr(sched, attr, scaled)
     return scales
+
+
+def scale_state_(state: dict[str, Any], s: float, rule: OptimizerRule) -> dict[str, Any]:
+    """Multiply each state tensor of one parameter by s to the power its rule declares."""
+    for key, value in state.items():
+        power = rule.state_powers.get(key, 0)
+        if power and isinstance(value, torch.Tensor):
+            scale_(value, s**power)
+    return state
 
 
 def scaled_lr_list(values: Any, group_scales: list[float], degree: int) -> list[float] | None:

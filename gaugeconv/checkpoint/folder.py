@@ -109,9 +109,11 @@ def _check_tensors(headers: list[Header], weight_map, model) -> dict[str, Any]:
             f"the weights do not fit config.json's {type(model).__name__}: "
             f"{len(unknown)} unknown tensor(s) {unknown[:4]}"
         )
+    uses_of: dict[str, list[str]] = {}
+    for use, stored in gauged.uses.items():
+        uses_of.setdefault(stored, []).append(use)
     for stored in gauged.plans:
-        uses = [u for u, s in gauged.uses.items() if s == stored]
-        present = [u for u in uses if u in entries]
+        present = [u for u in uses_of[stored] if u in entries]
         if not present:
             raise CheckpointError(f"the checkpoint lacks tensor {stored!r}")
         for u in present:

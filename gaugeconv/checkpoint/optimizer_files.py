@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from ..convert import SCHEDULER_LR_ATTRS, scaled_lr_list
+from ..convert import SCHEDULER_LR_ATTRS, scale_state_, scaled_lr_list
 from ..model import BASE_LR_GROUP
 from ..optim_rules import DEFAULT_REGISTRY, OptimizerRule
-from ..tensor_ops import scale_
 from .safetensors_io import CheckpointError
 
 __all__ = ["load_trusted", "infer_rule", "convert_optimizer_state", "convert_scheduler_state"]
@@ -83,14 +82,13 @@ def convert_optimizer_state(
     new_groups = []
     for group, s in zip(groups, group_scales):
         new_groups.append({**group, **rule.scaled_hypers(group, s)} if s != 1.0 else dict(group))
-    new_state = {}
-    for idx, st in state_dict["state"].items():
-        s = index_scale.get(idx, 1.0)
-        new_state[idx] = {
-            key: scale_(value.clone(), s ** rule.state_powers.get(key, 0))
-            if isinstance(value, torch.Tensor) and rule.state_powers.get(key, 0) else value
-            for key, value in st.items()
-        }
+    new_state = {
+        idx: scale_state_(
+            {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()},
+            index_scale.get(idx, 1.0), rule,
+        )
+        for idx, st in state_dict["state"].items()
+    }
     return {**state_dict, "state": new_state, "param_groups": new_groups}, group_scales, rule
 
 
