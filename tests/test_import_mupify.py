@@ -106,6 +106,14 @@ def test_bias_conventions_differ_as_documented():
     ratio = (ours["2.bias"].target.lr_factor / theirs["2.bias"].target.lr_factor)
     assert ratio == pytest.approx(N)
     assert ours["0.weight"].lr_factor == theirs["0.weight"].lr_factor
+    # mupify's biases as gaugeconv biases (readin fan_in 1 / fixed) with constants
+    consts = {"0.bias": (1 / D_IN, D_IN**-0.5), "2.bias": (1 / N, N**-0.5), "4.bias": (1 / N, None)}
+    for name, (lr_const, init_const) in consts.items():
+        mine, ref = ours[name], theirs[name]
+        assert mine.target.lr_factor * lr_const == pytest.approx(ref.target.lr_factor, rel=1e-12)
+        if init_const is not None:
+            assert math.sqrt(mine.target.variance) * init_const == pytest.approx(
+                math.sqrt(ref.target.variance), rel=1e-12)
     with pytest.raises(ValueError, match="biases"):
         from_mupify(plain(), "mup", biases="other")
     with pytest.raises(ValueError, match="param"):
