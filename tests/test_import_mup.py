@@ -223,3 +223,33 @@ def test_refusals_name_the_tensor():
         from_mup(model, opt)
     with pytest.raises(gc.GaugeError, match="eps_convention"):
         from_mup(model, mup.MuAdam(model.parameters(), lr=1e-2), eps_convention="raw")
+
+
+def test_mid_run_with_a_scheduler():
+    def warmup(k):
+        return min(1.0, (k + 1) / 4)
+
+    a, b = make(128), make(128)
+    opt_a = mu_optimizer("adamw", a.parameters(), **HYPER["adamw"])
+    opt_b = mu_optimizer("adamw", b.parameters(), **HYPER["adamw"])
+    sched_a = torch.optim.lr_scheduler.LambdaLR(opt_a, warmup)
+    sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, warmup)
+    worst = 0.0
+    for t, (x, y) in enumerate(batches(7)):
+        if t == 2:  # recreate the schedule on the new optimizer: groups carry initial_lr
+            imp = from_mup(b, opt_b, "stp")
+            opt_b = imp.optimizer
+            sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, warmup,
+                                                        last_epoch=sched_b.last_epoch - 1)
+        train_step(a, opt_a, x, y)
+        train_step(b, opt_b, x, y)
+        sched_a.step()
+        sched_b.step()
+        with torch.no_grad():
+            worst = max(worst, rel(a(x), b(x)))
+    assert worst <= 1e-12
+    # constants come from initial_lr, not the warmed-up lr: the same as a fresh import's
+    c = make(128)
+    fresh = from_mup(c, mu_optimizer("adamw", c.parameters(), **HYPER["adamw"]))
+    for name, spec in imp.gauged.parameterization.specs.items():
+        assert spec.lr_const == pytest.approx(fresh.gauged.parameterization.specs[name].lr_const)

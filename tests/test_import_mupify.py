@@ -118,3 +118,7 @@ def test_bias_conventions_differ_as_documented():
         from_mupify(plain(), "mup", biases="other")
     with pytest.raises(ValueError, match="param"):
         from_mupify(plain(), "sp")
+    done = plain()
+    done[2]._multiplier = 0.5  # what mupify leaves on a layer (with a replaced forward)
+    with pytest.raises(ValueError, match="'2' was already mupified"):
+        from_mupify(done, "mup")

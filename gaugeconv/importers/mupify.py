@@ -43,6 +43,11 @@ def mupify_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Role]], 
     """mupify's anatomy: (path, layer, role) in module order, and the width n."""
     layers = []
     for path, module in model.named_modules():
+        if "forward" in vars(module) or hasattr(module, "_multiplier"):
+            raise GaugeError(
+                f"{path or 'the model'!r} was already mupified (its forward is replaced on the "
+                "instance, multipliers would apply twice): pass the plain model"
+            )
         if getattr(module, "weight", None) is None or not isinstance(module.weight, nn.Parameter):
             continue
         if type(module) not in (nn.Linear, nn.Conv2d):
