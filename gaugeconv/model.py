@@ -101,8 +101,9 @@ class GaugedModel:
         multiplier by s (THEORY.md section 6), so uses that start equal (a plain checkpoint)
         stay equal in every gauge and the tied model computes the same function.
         """
-        m = (parameterization or self.parameterization).multipliers
-        return {use: m[name] for use, name in self.uses.items()}
+        plans = (parameterization or self.parameterization).plans
+        # the hooks apply m / builtin: a module that scales a tensor itself (mup's MuReadout)
+        return {use: plans[name].hook_multiplier for use, name in self.uses.items()}
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return self.module.named_parameters()
@@ -164,7 +165,9 @@ class GaugedModel:
         """One group per tensor, with lr, eps and weight decay moved into this gauge.
 
         The user's hyperparameters are effective-space values (those of the STP gauge): the
-        group of tensor p gets lr * lambda_p/eta, then the section-4 rules with s = m_p. Keys the
+        group of tensor p gets lr * lambda_p/eta, eps * eps_const_p and the weight decay of the
+        parameterization's scaling (coupled: wd * wd_const_p; independent: wd * wd_const_p *
+        eta/lambda_p, THEORY.md section 6), then the section-4 rules with s = m_p. Keys the
         rule scales are always written into the group (taking the optimizer's own default when
         not given), so no unscaled default can leak in. Groups carry ``param_names``.
         """
@@ -181,8 +184,12 @@ class GaugedModel:
         for name, p in self.module.named_parameters():
             plan = self.plans[name]
             group: dict[str, Any] = {"lr": float(lr) * plan.target.lr_factor, **base}
-            if "weight_decay" in group and no_decay(name, p):
-                group["weight_decay"] = 0.0
+            if "weight_decay" in group:  # effective decay: wd scaling and constant (section 6)
+                wd_factor = 0.0 if no_decay(name, p) else plan.effective_wd_factor
+                group["weight_decay"] *= wd_factor
+            for key in rule.eps_keys:
+                if key in group:
+                    group[key] *= plan.effective_eps_factor
             group.update(rule.scaled_hypers({**hyper, **group}, plan.multiplier))
             group["params"] = [p]
             group["param_names"] = [name]

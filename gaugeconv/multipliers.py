@@ -31,7 +31,10 @@ class _ModuleMultipliers:
         for attr, m in self.multipliers.items():
             stored = module._parameters[attr]
             saved[attr] = stored
-            module._parameters[attr] = stored * m
+            effective = stored * m
+            if stored.__dict__:  # attributes other code reads (mup's infshape) come along
+                effective.__dict__.update(stored.__dict__)
+            module._parameters[attr] = effective
         self._stash.append(saved)
 
     def post(self, module: nn.Module, args: tuple, output: object) -> None:

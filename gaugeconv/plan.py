@@ -5,6 +5,15 @@ numbers (THEORY.md section 3): multiplier m, stored init std sqrt(v)/m, stored l
 lambda/(eta*m**(1+k)), eps factor m and weight-decay factors m**2 (coupled), m**(1+k)
 (decoupled). These are the transformation rules of section 4 applied with s = m from the STP
 gauge, in which stored = effective and the user's hyperparameters apply as given.
+
+Two choices of the parameterization, not of the gauge (THEORY.md section 6), sit on top:
+
+* per-tensor constants (TensorSpec.init_const, lr_const, wd_const, eps_const) multiply the
+  targets: v -> init_const**2 * v, lambda -> lr_const * lambda;
+* the weight-decay scaling: "coupled" to lambda (the effective decay is the user's wd, so the
+  per-step decay fraction lambda*wd shrinks where lambda does) or "independent" (the effective
+  decay is wd * eta/lambda, so the per-step fraction eta*wd is the same for every tensor and
+  width: microsoft/mup's default). Either one is then carried through every gauge by section 4.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from .gauges import Gauge, get_gauge
 from .richness import Family, Richness, Target, target
 from .spec import TensorSpec
 
-__all__ = ["TensorPlan", "Parameterization"]
+__all__ = ["TensorPlan", "Parameterization", "WD_SCALINGS"]
+
+WD_SCALINGS = ("coupled", "independent")
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class TensorPlan:
     target: Target
     multiplier: float
     degree: int
+    wd_scaling: str = "coupled"
 
     @property
     def init_std(self) -> float | None:
@@ -44,16 +56,36 @@ class TensorPlan:
         return self.target.lr_factor / self.multiplier ** (1 + self.degree)
 
     @property
+    def hook_multiplier(self) -> float:
+        """What the hooks apply: m / builtin (the module's forward applies the rest)."""
+        return self.multiplier / self.spec.builtin
+
+    @property
+    def effective_eps_factor(self) -> float:
+        """Effective-space eps / the user's eps: the tensor's eps constant."""
+        return self.spec.eps_const
+
+    @property
+    def effective_wd_factor(self) -> float:
+        """Effective-space weight decay / the user's wd (section 6's two scalings)."""
+        if self.wd_scaling == "independent":
+            return self.spec.wd_const / self.target.lr_factor
+        return self.spec.wd_const
+
+    @property
     def eps_factor(self) -> float:
-        return self.multiplier
+        """Stored eps / the user's eps."""
+        return self.effective_eps_factor * self.multiplier
 
     @property
     def coupled_wd_factor(self) -> float:
-        return self.multiplier**2
+        """Stored weight decay / the user's wd, for decay added to the gradient (SGD, Adam)."""
+        return self.effective_wd_factor * self.multiplier**2
 
     @property
     def decoupled_wd_factor(self) -> float:
-        return self.multiplier ** (1 + self.degree)
+        """Stored weight decay / the user's wd, for decoupled decay lr*wd*w (AdamW)."""
+        return self.effective_wd_factor * self.multiplier ** (1 + self.degree)
 
 
 class Parameterization:
@@ -66,6 +98,7 @@ class Parameterization:
         gauge: Gauge | str,
         family: Family | str,
         width: int,
+        wd_scaling: str = "coupled",
     ) -> None:
         self.specs: dict[str, TensorSpec] = {}
         for spec in specs:
@@ -78,12 +111,17 @@ class Parameterization:
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise GaugeError(f"width n={width!r} must be a positive integer")
         self.width = width
+        if wd_scaling not in WD_SCALINGS:
+            raise GaugeError(
+                f"wd_scaling={wd_scaling!r} is not one of {WD_SCALINGS} (THEORY.md section 6)"
+            )
+        self.wd_scaling = wd_scaling
 
     def __repr__(self) -> str:
         return (
             f"Parameterization(r={self.richness.r}, gamma={self.richness.gamma}, "
             f"gauge={self.gauge.name!r}, family={self.family.value!r}, width={self.width}, "
-            f"tensors={len(self.specs)})"
+            f"wd_scaling={self.wd_scaling!r}, tensors={len(self.specs)})"
         )
 
     @cached_property
@@ -91,10 +129,13 @@ class Parameterization:
         out = {}
         for name, spec in self.specs.items():
             tgt = target(spec.role, spec.fan_in, self.width, self.richness, self.family)
+            if spec.init_const != 1.0 or spec.lr_const != 1.0:  # section 6's constants
+                var = None if tgt.variance is None else tgt.variance * spec.init_const**2
+                tgt = Target(var, tgt.lr_factor * spec.lr_const)
             m = self.gauge.multiplier(spec, tgt, self.richness, self.width, self.family)
             if not math.isfinite(m) or m <= 0:
                 raise GaugeError(f"gauge {self.gauge.name!r} gave multiplier {m} to {name!r}")
-            out[name] = TensorPlan(spec, tgt, float(m), self.family.degree)
+            out[name] = TensorPlan(spec, tgt, float(m), self.family.degree, self.wd_scaling)
         return out
 
     @property
@@ -103,7 +144,7 @@ class Parameterization:
 
     def with_gauge(self, gauge: Gauge | str) -> Parameterization:
         return Parameterization(
-            self.specs.values(), self.richness, gauge, self.family, self.width
+            self.specs.values(), self.richness, gauge, self.family, self.width, self.wd_scaling
         )
 
     def scales_to(self, other: Parameterization) -> dict[str, float]:
@@ -117,6 +158,17 @@ class Parameterization:
         if set(other.specs) != set(self.specs):
             missing = sorted(set(self.specs) ^ set(other.specs))
             raise RoleError(f"the two parameterizations cover different tensors: {missing[:5]}")
+        if other.wd_scaling != self.wd_scaling:
+            raise GaugeError(
+                "a gauge change keeps the weight-decay scaling: "
+                f"{self.wd_scaling!r} != {other.wd_scaling!r} (THEORY.md section 6)"
+            )
+        for name, spec in self.specs.items():
+            if other.specs[name].constants != spec.constants:
+                raise GaugeError(
+                    f"a gauge change keeps the per-tensor constants; {name!r} has "
+                    f"{spec.constants} here and {other.specs[name].constants} there"
+                )
         a, b = self.multipliers, other.multipliers
         return {name: b[name] / a[name] for name in a}
 
@@ -127,6 +179,7 @@ class Parameterization:
             "gauge": self.gauge.name,
             "family": self.family.value,
             "width": self.width,
+            "wd_scaling": self.wd_scaling,
         }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import GaugeError
 from ..gauges import GAUGE_NAMES, NAMED_POINTS, resolve_point
+from ..plan import WD_SCALINGS
 from ..richness import Family, Richness, Role
 
 __all__ = ["GaugeConfig", "CONFIG_KEY", "FORMAT_VERSION"]
@@ -40,6 +41,10 @@ class GaugeConfig:
     role_overrides: glob pattern on tensor names -> role, applied after inference.
     fan_in_overrides: glob pattern -> fan_in.
     multipliers: per-tensor multipliers, required for gauge="custom", recorded for all gauges.
+    wd_scaling: how weight decay scales with width (THEORY.md section 6), a choice of the
+        parameterization kept by every gauge change: "coupled" (default: the effective decay is
+        the user's wd, its per-step fraction lambda*wd shrinks with lambda) or "independent"
+        (the per-step fraction eta*wd is the same for every tensor and width, as in mup).
     """
 
     richness: float | None = None
@@ -51,6 +56,7 @@ class GaugeConfig:
     role_overrides: dict[str, str] = field(default_factory=dict)
     fan_in_overrides: dict[str, int] = field(default_factory=dict)
     multipliers: dict[str, float] | None = None
+    wd_scaling: str = "coupled"
 
     def __post_init__(self) -> None:
         gauge = str(self.gauge).lower()
@@ -72,6 +78,8 @@ class GaugeConfig:
             Role.parse(role)
         if Role.parse(self.tied_role) not in (Role.READIN, Role.READOUT):
             raise GaugeError(f"tied_role must be 'readin' or 'readout', not {self.tied_role!r}")
+        if self.wd_scaling not in WD_SCALINGS:
+            raise GaugeError(f"wd_scaling={self.wd_scaling!r} is not one of {WD_SCALINGS}")
         if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
             raise GaugeError(f"width={self.width!r} must be a positive integer")
 

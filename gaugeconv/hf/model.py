@@ -77,7 +77,7 @@ def _parameterization(
     width = _width(model, config)
     return Parameterization(
         [info.spec for info in infos.values()], Richness(config.richness, config.gamma),
-        gauge, Family.parse(config.optimizer), width,
+        gauge, Family.parse(config.optimizer), width, config.wd_scaling,
     )
 
 

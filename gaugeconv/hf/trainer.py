@@ -11,7 +11,9 @@ Two ways in:
 Group 0 is an empty group whose lr is the base learning rate, so what the Trainer logs as
 ``learning_rate`` (the scheduler's first group) is eta times the schedule, not the lr of some
 tensor. LR schedulers are LambdaLRs over per-group base_lrs, so the per-tensor ratios hold at
-every step; biases and norm parameters get no weight decay, by the Trainer's own rule.
+every step; biases and norm parameters get no weight decay, by the Trainer's own rule. Weight
+decay scales as the model's GaugeConfig says (``wd_scaling``: coupled to lambda or independent,
+THEORY.md section 6).
 """
 
 from __future__ import annotations
