@@ -196,7 +196,7 @@ def infer_specs(
             f"{type(model).__name__}: {'; '.join(problems)} ({_counts_text(out)}). This usually "
             "means a width field that did not scale or a missing head: inspect with `gaugeconv "
             "roles`, fix with width_fields=/role_overrides=, or confirm the roles with "
-            "GaugeConfig(allow_unusual_roles=True)"
+            "GaugeConfig(allow_unusual_roles=True) (gaugeconv roles --allow-unusual-roles)"
         )
     return out
 

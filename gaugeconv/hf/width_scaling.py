@@ -34,7 +34,9 @@ from typing import Any
 
 from ..errors import RoleError
 
-__all__ = ["WIDTH_FIELDS", "DERIVED_FIELDS", "ScaledField", "wider_config", "width_of"]
+__all__ = [
+    "WIDTH_FIELDS", "DERIVED_FIELDS", "ScaledField", "wider_config", "width_of", "config_widths",
+]
 
 WIDTH_FIELDS = frozenset({
     "hidden_size", "n_embd", "d_model", "dim", "intermediate_size", "n_inner", "ffn_dim",
@@ -80,6 +82,18 @@ def width_of(config: object) -> int:
     raise RoleError(
         f"{type(config).__name__} has no hidden_size/n_embd/d_model: give GaugeConfig(width=)"
     )
+
+
+def config_widths(config: Any, width: int | None = None) -> set[int]:
+    """The widths of a config and of its sub-configs (for flagging width-sized fixed tensors)."""
+    found = {width} if width else set()
+    own = _own_width(config, None)
+    if own:
+        found.add(own)
+    for value in vars(config).values():
+        if _is_config(value):
+            found |= config_widths(value)
+    return found
 
 
 def _own_width(config: object, fallback: int | None) -> int | None:
