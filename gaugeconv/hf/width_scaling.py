@@ -13,10 +13,12 @@ against its own width), is decided in this order:
    image and patch sizes, strides, kernels, output spaces such as CLIP's joint embedding
    ``projection_dim`` or a classification head's ``classifier_proj_size``...): fixed.
 4. Derived width fields by name (``embedding_size``, ``word_embed_proj_dim``,
-   ``pooler_hidden_size``, MobileBERT's bottleneck sizes, Mamba's ``time_step_rank``...): they
-   scale when proportional to the width (value divides the width or the width divides it; an
-   "auto" rank ceil(n/16) is recomputed); any other value cannot be decided and is an error that
-   names the field and the override to set.
+   ``pooler_hidden_size``, MobileBERT's bottleneck sizes, Mamba's ``time_step_rank``...): the
+   architecture's own design decides where it is known (ARCHITECTURE_FIELDS: MobileBERT's
+   bottleneck and ELECTRA's and OPT's embedding sizes are proportional to the width, ALBERT's
+   factorized ``embedding_size`` is independent of it); otherwise a value equal to a whole
+   multiple of the width scales, an "auto" rank ceil(n/16) is recomputed, and any other value
+   cannot be decided: an error names the field and the override to set.
 5. Any other positive integer equal to a whole multiple of the width scales; the rest is fixed.
 
 Properties (Falcon's ``head_dim``) are derived by the config itself and never set. The report
@@ -35,7 +37,7 @@ from typing import Any
 from ..errors import RoleError
 
 __all__ = [
-    "WIDTH_FIELDS", "DERIVED_FIELDS", "ScaledField", "wider_config", "width_of", "config_widths",
+    "WIDTH_FIELDS", "DERIVED_FIELDS", "ARCHITECTURE_FIELDS", "ScaledField", "wider_config", "width_of", "config_widths",
 ]
 
 WIDTH_FIELDS = frozenset({
@@ -58,6 +60,16 @@ DERIVED_FIELDS: dict[str, Callable[[int], int] | None] = {
     "embedding_size": None, "word_embed_proj_dim": None, "pooler_hidden_size": None,
     "intra_bottleneck_size": None, "true_hidden_size": None, "output_hidden_size": None,
     "projection_size": None, "time_step_rank": _AUTO_RANK,
+}
+
+# what an architecture's design says about its derived fields: "proportional" (scales whatever
+# its value) or "fixed" (independent of the width)
+ARCHITECTURE_FIELDS: dict[str, dict[str, str]] = {
+    "AlbertConfig": {"embedding_size": "fixed"},  # E = 128 from base (768) to xxlarge (4096)
+    "MobileBertConfig": {"embedding_size": "proportional", "intra_bottleneck_size": "proportional",
+                         "true_hidden_size": "proportional"},
+    "ElectraConfig": {"embedding_size": "proportional"},  # small: 128 / 256, base: 768 / 768
+    "OPTConfig": {"word_embed_proj_dim": "proportional"},  # 350m: 512 / 1024, others equal
 }
 
 _WIDTH_NAMES = ("hidden_size", "n_embd", "d_model", "dim", "embed_dim")
@@ -141,6 +153,11 @@ def _decide(
     if not _is_int(value) or value <= 0:
         return None
     if name in DERIVED_FIELDS:
+        design = ARCHITECTURE_FIELDS.get(owner, {}).get(name)
+        if design == "fixed":
+            return None
+        if design == "proportional":
+            return value * factor, "derived (design)"
         if width is None:
             raise RoleError(
                 f"{owner}.{path}={value} is a derived width field but the config has no width to "
@@ -149,10 +166,10 @@ def _decide(
         auto = DERIVED_FIELDS[name]
         if auto is not None and value == auto(width):
             return auto(width * factor), "auto rule"
-        if value % width == 0 or width % value == 0:
+        if value % width == 0:
             return value * factor, "derived"
         raise RoleError(
-            f"{owner}.{path}={value} is neither proportional to the width {width} nor its "
+            f"{owner}.{path}={value} is neither a multiple of the width {width} nor its "
             f"default rule: say whether it grows with width with "
             f"GaugeConfig(width_fields={{'{path}': 'scale'}}) or {{'{path}': 'fixed'}}"
         )

@@ -20,31 +20,42 @@ def roles(model) -> dict[str, str]:
     return {r["name"]: r["role"] for r in gh.describe_roles(model)}
 
 
-def _opt(proj: int):
-    from transformers import OPTConfig, OPTForCausalLM
+def _siglip_text(projection: int):
+    from transformers import SiglipTextConfig, SiglipTextModel
 
-    kw = dict(ZOO["opt"].kwargs, word_embed_proj_dim=proj)
-    return OPTForCausalLM(OPTConfig(**kw)).eval()
+    kw = dict(ZOO["siglip"].kwargs["text_config"], projection_size=projection)
+    return SiglipTextModel(SiglipTextConfig(**kw)).eval()
 
 
 def test_an_undecidable_field_is_named_with_its_override():
-    model = _opt(20)  # 20 is neither a divisor nor a multiple of the width 48
-    with pytest.raises(RoleError, match=r"OPTConfig.word_embed_proj_dim=20 .*width_fields="
-                       r"\{'word_embed_proj_dim': 'scale'\}"):
+    model = _siglip_text(20)  # 20 is not a multiple of the width 48
+    with pytest.raises(RoleError, match=r"SiglipTextConfig.projection_size=20 .*width_fields="
+                       r"\{'projection_size': 'scale'\}"):
         gh.apply_gauge(model, gh.GaugeConfig(richness=0.5))
     assert "_gaugeconv" not in model.__dict__ and not hasattr(model.config, "gaugeconv")
-    # grows: the embedding space is a width, the tied embedding/lm_head the readout
-    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, width_fields={"word_embed_proj_dim": "scale"}))
-    r = roles(model)
-    assert r["model.decoder.embed_tokens.weight"] == "readout"
-    assert r["model.decoder.project_in.weight"] == "hidden"
-    # fixed: a fixed-size bottleneck; project_out is then the readout and the embedding fixed
-    model = _opt(20)
-    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, width_fields={"word_embed_proj_dim": "fixed"}))
-    r = roles(model)
-    assert r["model.decoder.embed_tokens.weight"] == "fixed"
-    assert r["model.decoder.project_in.weight"] == "readin"
-    assert r["model.decoder.project_out.weight"] == "readout"
+    # fixed: the head maps width n to a fixed-size embedding, a readout
+    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, width_fields={"projection_size": "fixed"}))
+    assert roles(model)["head.weight"] == "readout"
+    # grows: the head is a hidden layer and the text model has no readout, which is refused
+    # unless confirmed
+    model = _siglip_text(20)
+    cfg = gh.GaugeConfig(richness=0.5, width_fields={"projection_size": "scale"})
+    with pytest.raises(RoleError, match="SiglipTextModel: no readout tensor"):
+        gh.apply_gauge(model, cfg)
+    gh.apply_gauge(model, cfg.replace(allow_unusual_roles=True))
+    assert roles(model)["head.weight"] == "hidden"
+
+
+def test_architecture_designs_decide_derived_fields():
+    from transformers import AlbertConfig, OPTConfig
+
+    opt = OPTConfig(**dict(ZOO["opt"].kwargs, word_embed_proj_dim=20))  # OPT-350m's kind
+    wide, report = wider_config(opt)
+    assert wide.word_embed_proj_dim == 40
+    assert {f.path: f.reason for f in report}["word_embed_proj_dim"] == "derived (design)"
+    albert = AlbertConfig(**dict(ZOO["albert"].kwargs, embedding_size=W))  # E = n, still fixed
+    wide, _ = wider_config(albert)
+    assert wide.embedding_size == W and wide.hidden_size == 2 * W
 
 
 def test_nested_list_property_and_auto_fields():

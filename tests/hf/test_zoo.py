@@ -116,8 +116,12 @@ EXPECTED: dict[str, dict[str, str]] = {
                     "classifier.out_proj.bias": "fixed"},
     "distilbert": {"vocab_transform.weight": "hidden", "vocab_projector.bias": "fixed",
                    "distilbert.transformer.layer.0.attention.q_lin.weight": "hidden"},
-    "albert": {"albert.encoder.embedding_hidden_mapping_in.weight": "hidden",
-               "albert.embeddings.word_embeddings.weight": "readout"},
+    # ALBERT's factorized embedding size E is independent of the width by design: the tied
+    # embedding/decoder [vocab, E] is fixed, the maps E -> n and n -> E are readin and readout
+    "albert": {"albert.encoder.embedding_hidden_mapping_in.weight": "readin",
+               "albert.embeddings.word_embeddings.weight": "fixed",
+               "predictions.dense.weight": "readout",
+               "albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight": "hidden"},
     "electra": {"electra.embeddings.word_embeddings.weight": "readout",
                 "electra.embeddings.LayerNorm.weight": "readin",
                 "generator_predictions.dense.weight": "hidden"},
