@@ -37,7 +37,8 @@ from typing import Any
 from ..errors import RoleError
 
 __all__ = [
-    "WIDTH_FIELDS", "DERIVED_FIELDS", "ARCHITECTURE_FIELDS", "ScaledField", "wider_config", "width_of", "config_widths",
+    "WIDTH_FIELDS", "DERIVED_FIELDS", "ARCHITECTURE_FIELDS", "ScaledField", "wider_config",
+    "width_of", "config_widths",
 ]
 
 WIDTH_FIELDS = frozenset({
