@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -109,6 +109,38 @@ def _axes_of_use(
     return axes_for(module, attr, shape, user), type(module).__name__
 
 
+class _UseRole(NamedTuple):
+    """The role one use of a tensor gets from its axes and the twin's shape."""
+
+    role: Role
+    fan_in: int
+    module_type: str
+    in_grows: bool
+    out_grows: bool
+    rule: str
+    other_grows: bool
+
+
+def _role_of_use(
+    use: str, shape: tuple[int, ...], modules: Mapping[str, nn.Module],
+    user: Mapping[str, Any], wide: Mapping[str, tuple[int, ...]],
+) -> _UseRole | str:
+    """The use's role, or why there is none: its module type's name, or "absent" from the twin."""
+    axes, mtype = _axes_of_use(use, shape, modules, user)
+    if axes is None:
+        return mtype
+    wide_shape = wide.get(use)
+    if wide_shape is None or len(wide_shape) != len(shape):
+        return "absent"
+    grows = [w != s for w, s in zip(wide_shape, shape)]
+    in_grows = any(grows[a] for a in axes.inputs)
+    out_grows = any(grows[a] for a in axes.outputs)
+    other = any(g for a, g in enumerate(grows) if a not in axes.inputs + axes.outputs)
+    fan_in = axes.fan_in or (math.prod(shape[a] for a in axes.inputs) if axes.inputs else 1)
+    return _UseRole(_ROLE[(in_grows, out_grows)], fan_in, mtype, in_grows, out_grows, axes.rule,
+                    other)
+
+
 def infer_specs(
     model: nn.Module,
     config: GaugeConfig,
@@ -120,63 +152,38 @@ def infer_specs(
     """
     user = {**config.module_axes, **dict(module_axes or {})}
     wide, _ = _twin_shapes(model, config)
-    uses = tensor_uses(model)
     by_stored: dict[str, list[str]] = {}
-    for use, stored in uses.items():
+    for use, stored in tensor_uses(model).items():
         by_stored.setdefault(stored, []).append(use)
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
     out: dict[str, TensorRoleInfo] = {}
     missing, absent = [], []
     for stored, use_list in by_stored.items():
-        p = params[stored]
-        shape = tuple(p.shape)
-        per_use = []
-        for use in use_list:
-            axes, mtype = _axes_of_use(use, shape, modules, user)
-            if axes is None:
-                per_use.append((None, mtype))
-                continue
-            wide_shape = wide.get(use)
-            if wide_shape is None or len(wide_shape) != len(shape):
-                per_use.append((None, "absent"))
-                continue
-            grows = [w != s for w, s in zip(wide_shape, shape)]
-            in_grows = any(grows[a] for a in axes.inputs)
-            out_grows = any(grows[a] for a in axes.outputs)
-            other = any(g for a, g in enumerate(grows) if a not in axes.inputs + axes.outputs)
-            fan_in = math.prod(shape[a] for a in axes.inputs) if axes.inputs else 1
-            fan_in = axes.fan_in or fan_in
-            per_use.append(((_ROLE[(in_grows, out_grows)], fan_in, mtype, in_grows, out_grows,
-                             axes.rule, other), mtype))
+        shape = tuple(params[stored].shape)
+        per_use = [_role_of_use(use, shape, modules, user, wide) for use in use_list]
+        known = [u for u in per_use if isinstance(u, _UseRole)]
         override = _match(stored, config.role_overrides)
-        fan_override = _match(stored, config.fan_in_overrides)
-        known = [u for u, _ in per_use if u is not None]
         if override is None and len(known) < len(per_use):
-            kind = next(t for u, t in per_use if u is None)
-            if kind == "absent":
-                absent.append(stored)
-            else:
-                missing.append(f"{stored} ({kind})")
+            why = next(u for u in per_use if isinstance(u, str))
+            (absent if why == "absent" else missing).append(
+                stored if why == "absent" else f"{stored} ({why})")
             continue
-        source = "shapes"
-        if len(known) > 1:
-            wanted = Role.parse(config.tied_role)
-            chosen = next((u for u in known if u[0] is wanted), known[0])
-            source = "tied"
-        elif known:
-            chosen = known[0]
-        else:
-            chosen = (Role.FIXED, 1, per_use[0][1], False, False, "override", False)
-        role, fan_in, mtype, in_g, out_g, rule, other = chosen
+        source = "tied" if len(known) > 1 else "shapes"
+        wanted = Role.parse(config.tied_role)
+        chosen = next((u for u in known if u.role is wanted), known[0]) if known else _UseRole(
+            Role.FIXED, 1, str(per_use[0]), False, False, "override", False)
+        role, fan_in = chosen.role, chosen.fan_in
         if override is not None:
             role, source = Role.parse(override), "override"
+        fan_override = _match(stored, config.fan_in_overrides)
         if fan_override is not None:
             fan_in = int(fan_override)
-        init = "normal" if p.ndim >= 2 else "keep"
+        init = "normal" if len(shape) >= 2 else "keep"
         spec = TensorSpec(stored, role, int(fan_in), shape, init)
-        out[stored] = TensorRoleInfo(spec, mtype, tuple(use_list), in_g, out_g, source, rule,
-                                     other, tuple(u[0] for u in known))
+        out[stored] = TensorRoleInfo(
+            spec, chosen.module_type, tuple(use_list), chosen.in_grows, chosen.out_grows, source,
+            chosen.rule, chosen.other_grows, tuple(u.role for u in known))
     if absent:
         raise RoleError(
             f"{len(absent)} tensor(s) have no counterpart in the double-width twin of "
