@@ -60,7 +60,7 @@ _AUTO_RANK: Callable[[int], int] = lambda n: math.ceil(n / 16)  # noqa: E731  (M
 DERIVED_FIELDS: dict[str, Callable[[int], int] | None] = {
     "embedding_size": None, "word_embed_proj_dim": None, "pooler_hidden_size": None,
     "intra_bottleneck_size": None, "true_hidden_size": None, "output_hidden_size": None,
-    "projection_size": None, "time_step_rank": _AUTO_RANK,
+    "projection_size": None, "time_step_rank": _AUTO_RANK, "mamba_dt_rank": _AUTO_RANK,
 }
 
 # what an architecture's design says about its derived fields: "proportional" (scales whatever
