@@ -48,6 +48,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -99,17 +100,17 @@ def _experts(module: nn.Module, shape: Shape):
     return ((1,), (2,)) if getattr(module, "is_transposed", False) else ((2,), (1,))
 
 
-RULES: dict[str, RuleFn] = {
+RULES: Mapping[str, RuleFn] = MappingProxyType({
     "linear": _linear, "conv1d": _conv1d, "lookup": _lookup, "conv": _conv,
     "elementwise": _elementwise, "experts": _experts, "router": _linear,
-}
+})
 RULE_NAMES = tuple(RULES)
 
 # class name -> rule for every tensor of the class (exact names, looked up along the MRO)
-_BY_CLASS: dict[str, str] = {
+_BY_CLASS: Mapping[str, str] = MappingProxyType({
     "Linear": "linear", "Conv1D": "conv1d", "Embedding": "lookup", "EmbeddingBag": "lookup",
     "Conv1d": "conv", "Conv2d": "conv", "Conv3d": "conv",
-}
+})
 # (class-name glob, attribute glob) -> rule
 _BY_PATTERN: tuple[tuple[str, str, str], ...] = (
     ("MultiheadAttention", "in_proj_weight", "linear"),
@@ -144,9 +145,9 @@ def _mobilebert_head(parent: nn.Module, child: str, shape: Shape) -> Axes | None
 
 
 # parent class name -> rule for tensors of its children that the parent itself uses
-_BY_PARENT: dict[str, Callable[[nn.Module, str, Shape], Axes | None]] = {
+_BY_PARENT: Mapping[str, Callable[[nn.Module, str, Shape], Axes | None]] = MappingProxyType({
     "MobileBertLMPredictionHead": _mobilebert_head,
-}
+})
 
 
 def axes_from_parent(parent: nn.Module, child: str, shape: Shape) -> Axes | None:

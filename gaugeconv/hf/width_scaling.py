@@ -32,6 +32,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import RoleError
@@ -57,21 +58,21 @@ _FIXED = re.compile(
 _AUTO_RANK: Callable[[int], int] = lambda n: math.ceil(n / 16)  # noqa: E731  (Mamba "auto")
 
 # derived width fields: None = proportional test only; a function = the config's own "auto" rule
-DERIVED_FIELDS: dict[str, Callable[[int], int] | None] = {
+DERIVED_FIELDS: Mapping[str, Callable[[int], int] | None] = MappingProxyType({
     "embedding_size": None, "word_embed_proj_dim": None, "pooler_hidden_size": None,
     "intra_bottleneck_size": None, "true_hidden_size": None, "output_hidden_size": None,
     "projection_size": None, "time_step_rank": _AUTO_RANK, "mamba_dt_rank": _AUTO_RANK,
-}
+})
 
 # what an architecture's design says about its derived fields: "proportional" (scales whatever
 # its value) or "fixed" (independent of the width)
-ARCHITECTURE_FIELDS: dict[str, dict[str, str]] = {
+ARCHITECTURE_FIELDS: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "AlbertConfig": {"embedding_size": "fixed"},  # E = 128 from base (768) to xxlarge (4096)
     "MobileBertConfig": {"embedding_size": "proportional", "intra_bottleneck_size": "proportional",
                          "true_hidden_size": "proportional"},
     "ElectraConfig": {"embedding_size": "proportional"},  # small: 128 / 256, base: 768 / 768
     "OPTConfig": {"word_embed_proj_dim": "proportional"},  # 350m: 512 / 1024, others equal
-}
+})
 
 _WIDTH_NAMES = ("hidden_size", "n_embd", "d_model", "dim", "embed_dim")
 
