@@ -170,6 +170,14 @@ def _add_roles(sub: Any) -> None:
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--optimizer", default="adam", help="adam or sgd (optimizer family)")
     p.add_argument("--tied-role", choices=["readin", "readout"], default="readout")
+    p.add_argument("--width", type=int, default=None,
+                   help="reference width n, for configs without a hidden size (CLIP, ConvNeXt)")
+    p.add_argument("--width-field", action="append", default=[], metavar="FIELD=scale|fixed",
+                   help="whether a config field grows with width (repeatable), for fields that "
+                   "role inference cannot decide")
+    p.add_argument("--allow-unusual-roles", action="store_true",
+                   help="show a model whose roles have no readout, no hidden tensor or only "
+                   "fixed tensors instead of refusing it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_roles)
 
@@ -178,10 +186,18 @@ def _cmd_roles(args: argparse.Namespace) -> int:
     from .hf.config import GaugeConfig
     from .hf.inspect import roles_of_folder
 
+    width_fields = {}
+    for item in args.width_field:
+        name, sep, choice = item.partition("=")
+        if not sep:
+            raise GaugeError(f"--width-field {item!r}: expected FIELD=scale or FIELD=fixed")
+        width_fields[name] = choice
     config = None
     if args.richness is not None or args.gauge not in ("stp", "mup", "rescaling"):
         config = GaugeConfig(richness=args.richness, gauge=args.gauge, gamma=args.gamma,
-                             optimizer=args.optimizer, tied_role=args.tied_role)
+                             optimizer=args.optimizer, tied_role=args.tied_role,
+                             width=args.width, width_fields=width_fields,
+                             allow_unusual_roles=args.allow_unusual_roles)
     report = roles_of_folder(args.model_dir, config)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -202,6 +218,16 @@ def _cmd_roles(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
+    print("\nroles: " + ", ".join(f"{n} {role}" for role, n in report["summary"].items()))
+    grown = ", ".join(f"{f['path']} {f['old']}->{f['new']} ({f['reason']})"
+                      for f in report["scaled_fields"])
+    print(f"grows with width in the double-width twin: {grown}")
+    for problem in report["verdict"]:
+        print(f"UNUSUAL (confirmed by allow_unusual_roles): {problem}")
+    for flag in report["flags"]:
+        print(f"flag: {flag}")
+    if not report["verdict"] and not report["flags"]:
+        print("nothing unusual")
     return 0
 
 

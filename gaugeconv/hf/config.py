@@ -16,6 +16,7 @@ from ..errors import GaugeError
 from ..gauges import GAUGE_NAMES, NAMED_POINTS, resolve_point
 from ..plan import WD_SCALINGS
 from ..richness import Family, Richness, Role
+from .module_rules import check_module_axes
 
 __all__ = ["GaugeConfig", "CONFIG_KEY", "FORMAT_VERSION"]
 
@@ -45,6 +46,13 @@ class GaugeConfig:
         parameterization kept by every gauge change: "coupled" (default: the effective decay is
         the user's wd, its per-step fraction lambda*wd shrinks with lambda) or "independent"
         (the per-step fraction eta*wd is the same for every tensor and width, as in mup).
+    module_axes: input/output axes of module types that no built-in rule covers, as plain data
+        (saved in config.json, so a reload needs no code): {"ClassName": rule name} or
+        {"ClassName": {attr_glob: rule name or [[in axes], [out axes]]}} (hf/module_rules.py).
+    width_fields: {"field" or "sub_config.field": "scale" | "fixed"}, for config fields whose
+        growth with width role inference cannot decide (hf/width_scaling.py).
+    allow_unusual_roles: confirm roles with no readout, no hidden tensor or only fixed tensors,
+        which are refused otherwise.
     """
 
     richness: float | None = None
@@ -57,6 +65,9 @@ class GaugeConfig:
     fan_in_overrides: dict[str, int] = field(default_factory=dict)
     multipliers: dict[str, float] | None = None
     wd_scaling: str = "coupled"
+    module_axes: dict[str, Any] = field(default_factory=dict)
+    width_fields: dict[str, str] = field(default_factory=dict)
+    allow_unusual_roles: bool = False
 
     def __post_init__(self) -> None:
         gauge = str(self.gauge).lower()
@@ -80,6 +91,10 @@ class GaugeConfig:
             raise GaugeError(f"tied_role must be 'readin' or 'readout', not {self.tied_role!r}")
         if self.wd_scaling not in WD_SCALINGS:
             raise GaugeError(f"wd_scaling={self.wd_scaling!r} is not one of {WD_SCALINGS}")
+        self.module_axes = check_module_axes(self.module_axes)
+        for name, choice in self.width_fields.items():
+            if choice not in ("scale", "fixed"):
+                raise GaugeError(f"width_fields[{name!r}] = {choice!r}: say 'scale' or 'fixed'")
         if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
             raise GaugeError(f"width={self.width!r} must be a positive integer")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from ..errors import GaugeError
 from .config import CONFIG_KEY, GaugeConfig
 from .model import apply_gauge, describe_roles
+from .roles import role_counts, role_flags, role_verdict, scaled_fields
+from .width_scaling import config_widths
 
 __all__ = ["roles_of_folder", "model_class_for", "meta_model"]
 
@@ -55,10 +58,24 @@ def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
 
 
 def roles_of_folder(path: str | Path, config: GaugeConfig | None = None) -> dict[str, Any]:
-    """Inferred role, fan_in, multiplier and lr factor of every tensor of a saved model."""
+    """Inferred role, fan_in, multiplier and lr factor of every tensor of a saved model.
+
+    Also: the count per role, the config fields that grow in the double-width twin, the
+    verdicts that refuse a model unless confirmed (allow_unusual_roles), and flags for roles
+    that are legal but unusual (roles.role_flags).
+    """
     model = meta_model(path, config)
+    gauge = GaugeConfig.from_dict(getattr(model.config, CONFIG_KEY))
+    infos = model.__dict__["_gaugeconv_roles"]
+    tensors = describe_roles(model)
+    for row in tensors:
+        row["rule"] = infos[row["name"]].rule
     return {
         "model": type(model).__name__,
-        "gauge": GaugeConfig.from_dict(getattr(model.config, CONFIG_KEY)).to_dict(),
-        "tensors": describe_roles(model),
+        "gauge": gauge.to_dict(),
+        "summary": role_counts(infos),
+        "scaled_fields": [dataclasses.asdict(f) for f in scaled_fields(model, gauge)],
+        "verdict": role_verdict(infos),
+        "flags": role_flags(infos, config_widths(model.config, gauge.width)),
+        "tensors": tensors,
     }

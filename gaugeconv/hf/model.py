@@ -24,7 +24,7 @@ from ..model import GaugedModel
 from ..plan import Parameterization
 from ..richness import Family, Richness
 from .config import CONFIG_KEY, GaugeConfig
-from .roles import AxesRule, TensorRoleInfo, infer_specs, width_of
+from .roles import TensorRoleInfo, infer_specs, width_of
 
 __all__ = [
     "apply_gauge", "convert_gauge", "from_pretrained", "get_gauged", "initialize",
@@ -115,7 +115,8 @@ def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
 def _same_axis(have: GaugeConfig, want: GaugeConfig) -> None:
     """A gauge change keeps everything but the gauge: richness, gamma, family and roles."""
     for key in ("richness", "gamma", "optimizer", "tied_role", "role_overrides",
-                "fan_in_overrides"):
+                "fan_in_overrides", "module_axes", "width_fields", "allow_unusual_roles",
+                "wd_scaling"):
         if getattr(have, key) != getattr(want, key):
             raise GaugeError(
                 f"the model is at {key}={getattr(have, key)!r} but {key}={getattr(want, key)!r} "
@@ -127,19 +128,22 @@ def _same_axis(have: GaugeConfig, want: GaugeConfig) -> None:
 def apply_gauge(
     model: nn.Module,
     config: GaugeConfig,
-    module_axes: Mapping[str, AxesRule] | None = None,
+    module_axes: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Put a PreTrainedModel into ``config``'s (richness, gauge), keeping its function exactly.
 
+    ``module_axes`` adds module rules to ``config.module_axes`` (recorded in config.json).
     Returns the same model object (its class, forward and state-dict keys are unchanged).
     """
+    if module_axes:
+        config = config.replace(module_axes={**config.module_axes, **dict(module_axes)})
     if _HANDLE in model.__dict__:
         raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
     recorded = gauge_config_of(model)
     source = recorded or config.replace(gauge="stp", multipliers=None)
     if recorded is not None:
         _same_axis(recorded, config)
-    infos = infer_specs(model, source, module_axes)
+    infos = infer_specs(model, source)
     start = _parameterization(model, source, infos, _gauge(source))
     if recorded is not None:
         _check_recorded(recorded, start)
