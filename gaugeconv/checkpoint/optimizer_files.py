@@ -8,6 +8,7 @@ Both are read with ``torch.load(weights_only=True)``: a pickle that needs more i
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ __all__ = ["load_trusted", "infer_rule", "convert_optimizer_state", "convert_sch
 def load_trusted(path: Path, mmap: bool = False) -> Any:
     """torch.load with weights_only=True; anything that needs arbitrary unpickling is refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # the refusal below says it in one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # UnpicklingError and friends
         raise CheckpointError(
             f"{path.name} cannot be loaded with weights_only=True ({type(err).__name__}: "

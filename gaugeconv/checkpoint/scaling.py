@@ -11,9 +11,11 @@ numpy's array loops release the GIL.
 * Any other factor is applied in float64 and rounded once to the dtype (bfloat16 through
   float32, which rounds to nearest even); the largest relative round-trip error
   |y/f - x| / max|x| is measured for the report.
-* On every path, an infinity or NaN created from a finite entry, a zero created from a nonzero
-  one and a result in the subnormal range (underflow) are counted: the caller refuses them
-  unless told to accept a lossy conversion.
+* On every path, an infinity or NaN created from a finite entry (overflow) and a result that
+  lost bits below the normal range (underflow: a nonzero entry rounded to zero or, with a power
+  of two, a subnormal result that is not exact; with any other factor, a normal entry that
+  became subnormal) are counted: the caller refuses them unless told to accept a lossy
+  conversion.
 """
 
 from __future__ import annotations
@@ -91,13 +93,25 @@ def _f64_to_bf16(w: np.ndarray, out: np.ndarray) -> None:
     out[...] = np.right_shift(f.view(np.uint32), 16)
 
 
-def _losses(x: np.ndarray, y: np.ndarray, tiny: float, res: ChunkResult) -> None:
-    """Count overflow and underflow created by the scaling of x into y (same length)."""
+def _losses(x: np.ndarray, y: np.ndarray, tiny: float, res: ChunkResult,
+            factor: float | None = None) -> None:
+    """Count the entries of x whose scaled value y overflowed or underflowed.
+
+    Overflow: finite x, non-finite y. Underflow, for a power of two (``factor`` given): y is
+    not exactly x * factor (bits lost in the subnormal range, or zero); for any other factor:
+    y is zero for a nonzero x, or subnormal for a normal x (precision lost beyond rounding).
+    """
+    finite = np.isfinite(x)
     if not np.isfinite(y).all():
-        res.overflow += int(np.count_nonzero(~np.isfinite(y) & np.isfinite(x)))
+        res.overflow += int(np.count_nonzero(~np.isfinite(y) & finite))
     small = np.abs(y) < tiny
-    if small.any():
-        res.underflow += int(np.count_nonzero(small & (x != 0) & np.isfinite(x)))
+    if not small.any():
+        return
+    if factor is not None:
+        lost = small & finite & (y.astype(np.float64) / factor != x)
+    else:
+        lost = small & finite & (x != 0) & ((y == 0) | (np.abs(x) >= tiny))
+    res.underflow += int(np.count_nonzero(lost))
 
 
 def scale_chunk(raw: np.ndarray, dtype: str, factor: float, out: np.ndarray,
@@ -138,7 +152,7 @@ def _scale(raw: np.ndarray, fmt: _Format, factor: float, out: np.ndarray,
             if fmt.native is None:
                 x = _bf16_to_f32(bits, np.empty(n, np.float32))
                 y = _bf16_to_f32(out.view(np.uint16), np.empty(n, np.float32))
-            _losses(x, y, fmt.tiny, res)
+            _losses(x, y, fmt.tiny, res, factor)
         return res
     # any other factor: float64 product, rounded once
     x = bits.view(fmt.native) if fmt.native is not None else _bf16_to_f32(
