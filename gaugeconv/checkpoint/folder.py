@@ -102,11 +102,16 @@ def _target(src_cfg, to: str, snap: bool, param):
     return cfg, target
 
 
+# buffers that old transformers saved and today's from_pretrained drops (with a warning)
+LEGACY_BUFFERS = (r"(^|\.)attn\.masked_bias$",)
+
+
 def _ignore_regex(model) -> re.Pattern | None:
     """The unexpected keys from_pretrained drops silently (modeling_utils'
     ``_adjust_missing_and_unexpected_keys``): the class's patterns, old rotary ``inv_freq`` and
-    ``position_ids`` buffers."""
+    ``position_ids`` buffers; and GPT-2's old ``attn.masked_bias``."""
     patterns = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    patterns.update(LEGACY_BUFFERS)
     buffers = [n for n, _ in model.named_buffers()]
     if any(b.endswith("rotary_emb.inv_freq") for b in buffers):
         patterns.add(r"rotary_emb\.inv_freq")
