@@ -222,7 +222,8 @@ def run_stream(
             for t in f.tasks:
                 if t.dtype is not None:
                     stats.setdefault(t.tensor, TensorStats())
-        pieces.sort(key=lambda ip: -ip[1].nbytes)  # big pieces first: a balanced pool
+        # file by file, in order: a file is finished (and fsynced) early, and its write-back
+        # overlaps the work on the next ones
 
         def safe_progress(n: int) -> None:
             with lock:
