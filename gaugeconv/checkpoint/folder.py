@@ -211,7 +211,10 @@ def _bin_plan(src: Path, weights: Weights) -> tuple[dict[str, dict], dict[str, _
              torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
     states, tensors = {}, {}
     for f in weights.files:
-        state = load_trusted(src / f, mmap=True)
+        try:
+            state = load_trusted(src / f, mmap=True)  # pages stay in the page cache
+        except CheckpointError:  # the legacy (pre-zip) format cannot be memory-mapped
+            state = load_trusted(src / f)
         if not isinstance(state, dict):
             raise CheckpointError(f"{f} holds a {type(state).__name__}, not a state dict")
         for key, t in state.items():
@@ -371,12 +374,10 @@ def convert_checkpoint(
     tmp, made = claim(dest)
     try:
         outs: list[OutFile] = []
-        expected: dict[str, Header] = {}
         if headers is not None:
             for h in headers:
                 outs.append(OutFile(tmp / h.path.name, h.raw, h.size,
                                     _tasks_from_header(h, factors, FileSource(h.path))))
-                expected[h.path.name] = h
         else:
             for f in weights.files:
                 out = _bin_outfile(states[f], tensors, factors, tmp / weights.out_names[f])

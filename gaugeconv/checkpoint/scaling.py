@@ -82,14 +82,22 @@ def _f32_to_bf16(y: np.ndarray, out: np.ndarray) -> None:
 
 
 def _f64_to_bf16(w: np.ndarray, out: np.ndarray) -> None:
-    """Round float64 to bfloat16 once, to nearest even on the 45 dropped mantissa bits."""
+    """Round float64 to bfloat16 once, to nearest even.
+
+    Normal range: on the 45 dropped mantissa bits. Below 2**-126 (bfloat16's subnormals, a
+    fixed quantum of 2**-133): rint of w * 2**133, exact in float64.
+    """
+    small = np.abs(w) < 2.0 ** -126
+    if small.any():
+        w = w.copy()
+        w[small] = np.rint(w[small] * 2.0 ** 133) * 2.0 ** -133
     u = w.view(np.uint64)
     lsb = np.right_shift(u, 45) & np.uint64(1)
     r = (u + np.uint64((1 << 44) - 1) + lsb) & np.uint64(~((1 << 45) - 1) & (2**64 - 1))
     nan = np.isnan(w)
     if nan.any():
         r[nan] = u[nan]
-    f = r.view(np.float64).astype(np.float32)  # exact in the normal range; inf past it
+    f = r.view(np.float64).astype(np.float32)  # exact (bfloat16 values); inf past the range
     out[...] = np.right_shift(f.view(np.uint32), 16)
 
 

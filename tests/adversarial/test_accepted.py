@@ -125,13 +125,15 @@ def test_tied_tensor_stored_under_its_other_name(make_src, tmp_path, capsys):
     _same_outputs(src, tmp_path / "out")
 
 
-@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("sharded", [False, True, "legacy"])
 def test_pytorch_model_bin_is_written_as_safetensors(bases, tmp_path, capsys, sharded):
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(bases / "gpt2" / "config.json", src)
     state = load_file(bases / "gpt2" / FILE)
-    if sharded:
+    if sharded == "legacy":  # the pre-zip pickle format of old checkpoints (no mmap)
+        torch.save(state, src / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    elif sharded:
         keys = sorted(state)
         parts = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
         weight_map = {}
@@ -146,7 +148,7 @@ def test_pytorch_model_bin_is_written_as_safetensors(bases, tmp_path, capsys, sh
     report = _convert(capsys, src, tmp_path / "out")
     assert report["source_format"] == "pytorch_model.bin" and report["lossless"]
     names = sorted(os.listdir(tmp_path / "out"))
-    if sharded:
+    if sharded is True:
         assert names == ["config.json", "model-00001-of-00002.safetensors",
                          "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
     else:
