@@ -9,6 +9,7 @@ wait4), alternating, ``--repeats`` times; the medians are compared:
            of two)
   naive    (with --naive) from_pretrained + apply_gauge + save_pretrained, the whole model in
            memory
+  imports  the fixed part of convert: importing torch and the transformers model class
 The page cache is warm for SRC (it is read by every run). Generated models and outputs are
 deleted at the end.
 
@@ -50,15 +51,29 @@ gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup"))
 model.save_pretrained(sys.argv[2])
 """
 
+# the fixed cost inside `convert`: torch and the transformers model class (out is created so
+# that the loop below can remove it)
+IMPORTS = """
+import os, sys
+import gaugeconv.checkpoint, gaugeconv.hf.inspect, transformers
+transformers.GPT2LMHeadModel
+os.makedirs(sys.argv[1])
+"""
+
 # A small launcher: a child forked from this process would count our pages in its peak RSS;
 # one forked from a fresh interpreter counts only its own.
 RUNNER = """
 import json, resource, subprocess, sys, time
 t0 = time.perf_counter()
-p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 seconds = time.perf_counter() - t0
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": p.returncode, "seconds": seconds, "peak_rss_kb": rss,
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+try:
+    report = json.loads(p.stdout)
+except ValueError:
+    report = {}
+print(json.dumps({"rc": p.returncode, "seconds": seconds, "peak_rss_kb": use.ru_maxrss,
+                  "cpu": use.ru_utime + use.ru_stime, "writing": report.get("seconds_writing"),
                   "stderr": p.stderr.decode()[-2000:]}))
 """
 
@@ -103,7 +118,8 @@ def measure(cmd):
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {result['stderr']}")
-    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_kb"] / 1024}
+    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_kb"] / 1024,
+            "cpu": result["cpu"], "writing": result["writing"]}
 
 
 def main():
@@ -131,6 +147,7 @@ def main():
             }
             if a.naive:
                 runs["naive"] = [sys.executable, "-c", NAIVE, src, out]
+            runs["imports"] = [sys.executable, "-c", IMPORTS, out]
             samples = {name: [] for name in runs}
             for _ in range(a.repeats):
                 for name, cmd in runs.items():
@@ -141,9 +158,15 @@ def main():
                 row[name] = {
                     "seconds": statistics.median(s["seconds"] for s in got),
                     "all_seconds": [round(s["seconds"], 2) for s in got],
+                    "cpu_seconds": statistics.median(s["cpu"] for s in got),
                     "peak_rss_mb": max(s["peak_rss_mb"] for s in got),
                 }
             row["time_vs_copy"] = row["convert"]["seconds"] / row["copy"]["seconds"]
+            # the conversion's own writing phase (hidden folder to DST in place), imports and
+            # planning excluded, against the whole copy loop
+            row["convert"]["writing_seconds"] = statistics.median(
+                s["writing"] for s in samples["convert"])
+            row["writing_vs_copy"] = row["convert"]["writing_seconds"] / row["copy"]["seconds"]
             row["gb_per_s"] = {n: row["model_gb"] / row[n]["seconds"] for n in runs}
             results.append(row)
             shutil.rmtree(src)
@@ -155,12 +178,14 @@ def main():
     for row in results:
         print(f"\nmodel {row['model_gb']:.2f} GB in {row['shards']} shards "
               f"(median of {a.repeats} alternating runs)")
-        for name in ("copy", "convert", "naive"):
+        for name in ("copy", "convert", "naive", "imports"):
             if name in row:
                 r = row[name]
                 print(f"  {name:<8} {r['seconds']:7.2f} s  ({row['gb_per_s'][name]:.2f} GB/s; "
-                      f"runs {r['all_seconds']})  peak RSS {r['peak_rss_mb']:7.0f} MB")
-        print(f"  convert / copy: time {row['time_vs_copy']:.2f}x")
+                      f"runs {r['all_seconds']}; CPU {r['cpu_seconds']:.1f} s)  peak RSS "
+                      f"{r['peak_rss_mb']:7.0f} MB")
+        print(f"  convert / copy: whole process {row['time_vs_copy']:.2f}x; its writing phase "
+              f"({row['convert']['writing_seconds']:.2f} s) {row['writing_vs_copy']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ class ConvertReport:
     left_out: list[str] = field(default_factory=list)
     lossy: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    seconds_planning: float = 0.0  # checks and plan, imports of torch and transformers included
+    seconds_writing: float = 0.0  # from the hidden folder's creation to DST in place
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -371,6 +373,7 @@ def convert_checkpoint(
     config_bytes = (json.dumps(new_config, indent=2, sort_keys=True) + "\n").encode()
 
     # 3. write beside DST, verify, rename into place
+    planned = time.perf_counter()
     tmp, made = claim(dest)
     try:
         outs: list[OutFile] = []
@@ -419,6 +422,7 @@ def convert_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         unmake(made)
         raise
+    written = time.perf_counter()
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     lossy = {n: {"overflow": s.overflow, "underflow": s.underflow}
@@ -435,7 +439,7 @@ def convert_checkpoint(
         seconds=time.perf_counter() - start, snapped_to_powers_of_two=snap_pow2,
         not_power_of_two=inexact, source_format="safetensors" if weights.kind == "safetensors"
         else "pytorch_model.bin", ignored=ignored, left_out=weights.left_out, lossy=lossy,
-        notes=notes,
+        notes=notes, seconds_planning=planned - start, seconds_writing=written - planned,
     )
 
 
