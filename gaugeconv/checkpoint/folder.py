@@ -72,6 +72,7 @@ class ConvertReport:
     left_out: list[str] = field(default_factory=list)
     lossy: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    optimizer_lossy: list[str] = field(default_factory=list)
     seconds_planning: float = 0.0  # checks and plan, imports of torch and transformers included
     seconds_writing: float = 0.0  # from the hidden folder's creation to DST in place
 
@@ -365,9 +366,10 @@ def convert_checkpoint(
             "use --snap-pow2 for the nearest gauge whose factors are powers of two"
         )
     opt_bytes = sched_bytes = None
+    opt_lossy: list[str] = []
     if has_opt:
-        opt_bytes, sched_bytes = _convert_trainer_state(src_path, scales, optimizer_rule,
-                                                        has_sched)
+        opt_bytes, sched_bytes, opt_lossy = _convert_trainer_state(src_path, scales, optimizer_rule,
+                                                        has_sched, allow_lossy)
     new_config = dict(raw_config)
     new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target)
     config_bytes = (json.dumps(new_config, indent=2, sort_keys=True) + "\n").encode()
@@ -434,25 +436,29 @@ def convert_checkpoint(
         from_gauge=_brief(src_cfg), to_gauge=_brief(dst_cfg),
         shards=len(weights.files), tensors=len(tensors), scaled=scaled,
         copied_raw=len(tensors) - scaled, bytes=sum(o.size for o in outs[: len(weights.files)]),
-        max_roundtrip_rel_error=max(rel, default=0.0), lossless=not inexact and not lossy,
+        max_roundtrip_rel_error=max(rel, default=0.0), lossless=not inexact and not lossy and not opt_lossy,
         optimizer=opt_bytes is not None, scheduler=sched_bytes is not None,
         seconds=time.perf_counter() - start, snapped_to_powers_of_two=snap_pow2,
         not_power_of_two=inexact, source_format="safetensors" if weights.kind == "safetensors"
         else "pytorch_model.bin", ignored=ignored, left_out=weights.left_out, lossy=lossy,
-        notes=notes, seconds_planning=planned - start, seconds_writing=written - planned,
+        notes=notes, optimizer_lossy=opt_lossy, seconds_planning=planned - start,
+        seconds_writing=written - planned,
     )
 
 
-def _convert_trainer_state(src: Path, scales, rule, has_sched: bool):
+def _convert_trainer_state(src: Path, scales, rule, has_sched: bool, allow_lossy: bool):
     import io
 
     import torch
 
     from .optimizer_files import convert_optimizer_state, convert_scheduler_state, load_trusted
 
-    opt_state, group_scales, rule = convert_optimizer_state(
-        load_trusted(src / "optimizer.pt"), scales, rule
-    )
+    original = load_trusted(src / "optimizer.pt")
+    opt_state, group_scales, rule = convert_optimizer_state(original, scales, rule)
+    lossy = _optimizer_losses(original, opt_state)
+    if lossy and not allow_lossy:
+        raise CheckpointError(f"optimizer.pt {lossy[0]}; nothing was written (--allow-lossy "
+                              "accepts the loss)")
     buf = io.BytesIO()
     torch.save(opt_state, buf)
     sched = None
@@ -462,7 +468,27 @@ def _convert_trainer_state(src: Path, scales, rule, has_sched: bool):
         out = io.BytesIO()
         torch.save(state, out)
         sched = out.getvalue()
-    return buf.getvalue(), sched
+    return buf.getvalue(), sched, lossy
+
+
+def _optimizer_losses(before: dict, after: dict) -> list[str]:
+    """State tensors whose scaling created inf/NaN from finite entries or zeros from nonzero
+    ones (a bfloat16 exp_avg_sq times s**-2, say)."""
+    import torch
+
+    out = []
+    for idx, st in after["state"].items():
+        for key, new in st.items():
+            old = before["state"][idx].get(key)
+            if not (isinstance(new, torch.Tensor) and new.is_floating_point()
+                    and isinstance(old, torch.Tensor) and old.shape == new.shape):
+                continue
+            over = int((torch.isfinite(old) & ~torch.isfinite(new)).sum())
+            under = int(((old != 0) & (new == 0)).sum())
+            if over or under:
+                out.append(f"entry {idx} {key!r} ({new.dtype}): {over} entries would overflow, "
+                           f"{under} underflow to zero")
+    return out
 
 
 def _write_bin_index(tmp: Path, weights: Weights, outs: list[OutFile]) -> None:

@@ -1,5 +1,6 @@
 """SRC entries that are not plain data, and Trainer files that do not fit together."""
 
+import json
 import os
 import socket
 
@@ -130,3 +131,31 @@ def test_bad_trainer_files(make_src, tmp_path, capsys, case):
     src = make_src()
     edit(src)
     assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *ARGS], match)
+
+
+@pytest.mark.parametrize("base,to,value", [("gpt2-mup", ["stp"], 60000.0),
+                                           ("gpt2", ["mup", "-r", "0.5"], 1e-7)])
+def test_optimizer_state_out_of_range_is_refused(make_src, tmp_path, capsys, base, to, value):
+    """A float16 exp_avg_sq moved by s**-2 = 2**16 (muP -> STP for c_proj) overflows; moved by
+    2**-16 (STP -> muP) a tiny one flushes to zero."""
+    from tests.adversarial.helpers import run
+
+    src = make_src(base)
+    names = _names(src)
+    i = names.index("transformer.h.0.mlp.c_proj.weight")
+    shape = (256, 64)
+    sq = torch.full(shape, value, dtype=torch.float16)
+    state = {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(shape, dtype=torch.float16),
+                 "exp_avg_sq": sq}}
+    _opt(src, {"state": state, "param_groups": _groups(names)})
+    args = ["--to", *to, "--json"]
+    err = assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *args],
+                         "optimizer.pt entry")
+    assert "exp_avg_sq" in err and "--allow-lossy" in err
+    # the controls: ordinary values convert; --allow-lossy lets the extreme ones through
+    code, out, _ = run(capsys, "convert", src, tmp_path / "lossy", *args, "--allow-lossy")
+    report = json.loads(out)
+    assert code == 0 and not report["lossless"] and "exp_avg_sq" in report["optimizer_lossy"][0]
+    sq.fill_(0.5)
+    _opt(src, {"state": state, "param_groups": _groups(names)})
+    assert run(capsys, "convert", src, tmp_path / "ok", *args)[0] == 0

@@ -234,3 +234,46 @@ def test_subprocess_errors_are_one_line(bases, tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert "model.safetensors: the header is not valid JSON" in p.stderr, p.stderr
     assert snapshot(tmp_path) == before
+
+
+def _no_renameat2(*args):
+    import errno
+
+    raise OSError(errno.ENOSYS, "renameat2 is not available")
+
+
+def test_overwrite_without_renameat2_moves_the_old_dst_aside(make_src, tmp_path, capsys,
+                                                             monkeypatch):
+    """File systems without renameat2: the old DST goes to a hidden 'old' name (the journal),
+    the new one comes in, the old one is deleted; nothing is left behind."""
+    import gaugeconv.checkpoint.placement as placement
+
+    monkeypatch.setattr(placement, "_renameat2", _no_renameat2)
+    src = make_src()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "old.txt").write_text("old")
+    code, _, err = run(capsys, *argv(src, tmp_path / "dst", "--overwrite"))
+    assert code == 0, err
+    assert (tmp_path / "dst" / "model.safetensors").is_file()
+    assert not (tmp_path / "dst" / "old.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["dst", "src"]
+    code, _, err = run(capsys, *argv(src, tmp_path / "dst"))  # and no overwrite without the flag
+    assert code == 2 and "already exists" in err
+
+
+def test_overwrite_that_fails_after_moving_aside_puts_the_old_dst_back(make_src, tmp_path, capsys,
+                                                                       monkeypatch):
+    import gaugeconv.checkpoint.placement as placement
+
+    def fail(tmp, dst):
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(placement, "_renameat2", _no_renameat2)
+    monkeypatch.setattr(placement, "_move_new", fail)
+    src = make_src()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "old.txt").write_text("old")
+    before = snapshot(tmp_path)
+    code, _, err = run(capsys, *argv(src, tmp_path / "dst", "--overwrite"))
+    assert code == 2 and "No space left" in err and err.count("\n") == 1
+    assert snapshot(tmp_path) == before
