@@ -319,6 +319,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if report.lossy:
         print(f"LOSSY (--allow-lossy): {len(report.lossy)} tensor(s) overflowed or underflowed: "
               f"{', '.join(list(report.lossy)[:6])}")
+    for item in report.optimizer_lossy:
+        print(f"LOSSY (--allow-lossy): optimizer.pt {item}")
     if report.lossless:
         print("lossless: every scale factor is a power of two, no entry left the dtype's range")
     elif report.not_power_of_two:
