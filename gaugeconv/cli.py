@@ -241,11 +241,13 @@ def _add_convert(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a saved model or Trainer checkpoint folder to another gauge (streaming)",
-        description="Convert SRC (a save_pretrained folder, single or sharded safetensors, or a "
-        "Trainer checkpoint-N folder with optimizer.pt and scheduler.pt) to gauge --to, writing "
-        "DST. The source gauge comes from config.json; a plain folder is STP gauge and needs "
-        "--richness. Tensors are streamed one at a time; SRC is never modified; DST appears "
-        "only when complete and verified.",
+        description="Convert SRC (a save_pretrained folder: single or sharded safetensors or "
+        "pytorch_model.bin, a Hugging Face cache snapshot, or a Trainer checkpoint-N folder with "
+        "optimizer.pt and scheduler.pt) to gauge --to, writing DST (safetensors). The source "
+        "gauge comes from config.json, read as data (no code from SRC runs); a plain folder is "
+        "STP gauge and needs --richness. Every check runs before anything is written; tensors "
+        "are streamed in chunks by a pool of threads; SRC is never modified; DST appears only "
+        "when complete and verified, and an existing DST is replaced only with --overwrite.",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
