@@ -1,25 +1,31 @@
-"""Wall time and peak memory of `gaugeconv convert` against two baselines, measured in one run.
+"""Wall time and peak memory of `gaugeconv convert` against a plain copy loop, in one run.
 
-For a GPT-2 of about 1 GB (float32, one model.safetensors) and one of about 2 GB (sharded), each
-measured in its own process (peak RSS from wait4):
-  copy   a plain read/write loop over the same files (what any conversion costs at least)
-  convert `gaugeconv convert SRC DST --to mup` (STP -> muP gauge, r = 1/2, streaming)
-  naive  from_pretrained + apply_gauge + save_pretrained (the whole model in memory)
+For each size (GB of float32 GPT-2 weights, in shards of about 0.5 GB: 2 GB -> 4 shards), each
+command runs in its own process (whole-process wall time, imports included; peak RSS from
+wait4), alternating, ``--repeats`` times; the medians are compared:
+  copy     a plain read/write loop over the same files, fsync per file (what any conversion
+           costs at least)
+  convert  `gaugeconv convert SRC DST --to mup -r 0.5` (STP -> muP gauge: every factor a power
+           of two)
+  naive    (with --naive) from_pretrained + apply_gauge + save_pretrained, the whole model in
+           memory
+  imports  the fixed part of convert: importing torch and the transformers model class
+The page cache is warm for SRC (it is read by every run). Generated models and outputs are
+deleted at the end.
 
-python benchmarks/convert.py [--sizes 1,2] [--dir DIR] [--json]
+python benchmarks/convert.py [--sizes 2,8] [--repeats 3] [--dir DIR] [--naive] [--json]
 """
 
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 
-import torch
-from safetensors.torch import save_file
-from transformers import GPT2Config, GPT2LMHeadModel
+import numpy as np
 
 COPY = """
 import os, sys
@@ -45,51 +51,66 @@ gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup"))
 model.save_pretrained(sys.argv[2])
 """
 
+# the fixed cost inside `convert`: torch and the transformers model class (out is created so
+# that the loop below can remove it)
+IMPORTS = """
+import os, sys
+import gaugeconv.checkpoint, gaugeconv.hf.inspect, transformers
+transformers.GPT2LMHeadModel
+os.makedirs(sys.argv[1])
+"""
 
-def make_model(folder, gigabytes, shard_gb):
-    """A GPT-2 config of about that size, with random weights written shard by shard."""
-    layers = 5 * gigabytes
+# A small launcher: a child forked from this process would count our pages in its peak RSS;
+# one forked from a fresh interpreter counts only its own.
+RUNNER = """
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+seconds = time.perf_counter() - t0
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+try:
+    report = json.loads(p.stdout)
+except ValueError:
+    report = {}
+print(json.dumps({"rc": p.returncode, "seconds": seconds, "peak_rss_kb": use.ru_maxrss,
+                  "cpu": use.ru_utime + use.ru_stime, "writing": report.get("seconds_writing"),
+                  "stderr": p.stderr.decode()[-2000:]}))
+"""
+
+
+def make_model(folder, gigabytes, shard_gb=0.5):
+    """A GPT-2 (n_embd 2048) of about that size, written shard by shard (random blocks)."""
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    layers = round(5 * gigabytes)
     cfg = GPT2Config(n_embd=2048, n_layer=layers, n_head=16, vocab_size=8192, n_positions=512,
                      bos_token_id=0, eos_token_id=0, architectures=["GPT2LMHeadModel"])
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in GPT2LMHeadModel(cfg).state_dict().items()
+        shapes = {k: tuple(v.shape) for k, v in GPT2LMHeadModel(cfg).state_dict().items()
                   if k != "lm_head.weight"}
     os.makedirs(folder)
     cfg.save_pretrained(folder)
-    gen = torch.Generator().manual_seed(0)
+    block = (np.random.default_rng(0).standard_normal(1 << 22) * 0.02).astype(np.float32)
     shards, current, size = [], {}, 0
     for name, shape in shapes.items():
-        current[name] = torch.randn(shape, generator=gen) * 0.02
-        size += current[name].numel() * 4
+        n = int(np.prod(shape))
+        current[name] = np.resize(block, n).reshape(shape)
+        size += n * 4
         if size >= shard_gb * 2**30:
             shards.append(current)
             current, size = {}, 0
     if current:
         shards.append(current)
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-        return
     weight_map, total = {}, 0
     for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, os.path.join(folder, fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in shard})
-        total += sum(t.numel() * 4 for t in shard.values())
+        total += sum(t.nbytes for t in shard.values())
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
-
-
-# A small launcher: a child forked from this (large) process would count our pages in its peak
-# RSS; one forked from a fresh interpreter counts only its own.
-RUNNER = """
-import json, resource, subprocess, sys, time
-t0 = time.perf_counter()
-p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-seconds = time.perf_counter() - t0
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": p.returncode, "seconds": seconds, "peak_rss_kb": rss,
-                  "stderr": p.stderr.decode()[-2000:]}))
-"""
 
 
 def measure(cmd):
@@ -97,53 +118,74 @@ def measure(cmd):
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {result['stderr']}")
-    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_kb"] / 1024}
+    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_kb"] / 1024,
+            "cpu": result["cpu"], "writing": result["writing"]}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1,2", help="model sizes in GB; sizes > 1 are sharded")
+    p.add_argument("--sizes", default="2", help="model sizes in GB, e.g. 2,8")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs per command")
     p.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--naive", action="store_true", help="also time from_pretrained+save_pretrained")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    root = a.dir or tempfile.mkdtemp(prefix="gaugeconv-bench-")
+    root = tempfile.mkdtemp(prefix="gaugeconv-bench-", dir=a.dir)
     results = []
     try:
-        for gb in (int(x) for x in a.sizes.split(",")):
-            src = os.path.join(root, f"src-{gb}gb")
-            make_model(src, gb, shard_gb=0.5 if gb > 1 else gb + 1)
+        for gb in (float(x) for x in a.sizes.split(",")):
+            src = os.path.join(root, f"src-{gb:g}gb")
+            make_model(src, gb)
             files = [f for f in os.listdir(src) if f.endswith(".safetensors")]
             size = sum(os.path.getsize(os.path.join(src, f)) for f in files)
-            row = {"model_gb": size / 2**30, "shards": len(files)}
+            out = os.path.join(root, "out")
             runs = {
-                "copy": [sys.executable, "-c", COPY, src, os.path.join(root, "copy")],
-                "convert": [sys.executable, "-m", "gaugeconv", "convert", src,
-                            os.path.join(root, "conv"), "--to", "mup", "-r", "0.5", "--json"],
-                "naive": [sys.executable, "-c", NAIVE, src, os.path.join(root, "naive")],
+                "copy": [sys.executable, "-c", COPY, src, out],
+                "convert": [sys.executable, "-m", "gaugeconv", "convert", src, out, "--to",
+                            "mup", "-r", "0.5", "--json"],
             }
-            for name, cmd in runs.items():
-                row[name] = measure(cmd)
-                shutil.rmtree(os.path.join(root, {"copy": "copy", "convert": "conv",
-                                                  "naive": "naive"}[name]))
-            for base in ("copy", "naive"):
-                row[f"time_vs_{base}"] = row["convert"]["seconds"] / row[base]["seconds"]
-                row[f"rss_vs_{base}"] = row["convert"]["peak_rss_mb"] / row[base]["peak_rss_mb"]
+            if a.naive:
+                runs["naive"] = [sys.executable, "-c", NAIVE, src, out]
+            runs["imports"] = [sys.executable, "-c", IMPORTS, out]
+            samples = {name: [] for name in runs}
+            for _ in range(a.repeats):
+                for name, cmd in runs.items():
+                    samples[name].append(measure(cmd))
+                    shutil.rmtree(out)
+            row = {"model_gb": size / 2**30, "shards": len(files)}
+            for name, got in samples.items():
+                row[name] = {
+                    "seconds": statistics.median(s["seconds"] for s in got),
+                    "all_seconds": [round(s["seconds"], 2) for s in got],
+                    "cpu_seconds": statistics.median(s["cpu"] for s in got),
+                    "peak_rss_mb": max(s["peak_rss_mb"] for s in got),
+                }
+            row["time_vs_copy"] = row["convert"]["seconds"] / row["copy"]["seconds"]
+            # the conversion's own writing phase (hidden folder to DST in place), imports and
+            # planning excluded, against the whole copy loop
+            row["convert"]["writing_seconds"] = statistics.median(
+                s["writing"] for s in samples["convert"])
+            row["writing_vs_copy"] = row["convert"]["writing_seconds"] / row["copy"]["seconds"]
+            row["gb_per_s"] = {n: row["model_gb"] / row[n]["seconds"] for n in runs}
             results.append(row)
             shutil.rmtree(src)
     finally:
-        if a.dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     if a.json:
         print(json.dumps(results, indent=2))
         return
     for row in results:
-        print(f"\nmodel {row['model_gb']:.2f} GB in {row['shards']} file(s)")
-        for name in ("copy", "convert", "naive"):
-            r = row[name]
-            print(f"  {name:<8} {r['seconds']:7.2f} s   peak RSS {r['peak_rss_mb']:8.0f} MB")
-        print(f"  convert / copy : time {row['time_vs_copy']:.2f}x, peak RSS {row['rss_vs_copy']:.2f}x")
-        print(f"  convert / naive: time {row['time_vs_naive']:.2f}x, peak RSS {row['rss_vs_naive']:.2f}x")
+        print(f"\nmodel {row['model_gb']:.2f} GB in {row['shards']} shards "
+              f"(median of {a.repeats} alternating runs)")
+        for name in ("copy", "convert", "naive", "imports"):
+            if name in row:
+                r = row[name]
+                print(f"  {name:<8} {r['seconds']:7.2f} s  ({row['gb_per_s'][name]:.2f} GB/s; "
+                      f"runs {r['all_seconds']}; CPU {r['cpu_seconds']:.1f} s)  peak RSS "
+                      f"{r['peak_rss_mb']:7.0f} MB")
+        print(f"  convert / copy: whole process {row['time_vs_copy']:.2f}x; its writing phase "
+              f"({row['convert']['writing_seconds']:.2f} s) {row['writing_vs_copy']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,24 @@ def _richness(value: str) -> float:
         raise argparse.ArgumentTypeError(
             f"richness must be a number in [0, 0.5], not {value!r}"
         ) from None
+
+
+def _at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise GaugeError(f"{name} must be >= {low}, not {value}")
+
+
+def _positive_number(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise GaugeError(f"{name} must be a finite positive number, not {value}")
+
+
+def _check_widths(widths: Sequence[int]) -> None:
+    """At least two distinct widths, each >= 2: a slope against width needs them."""
+    if len(set(widths)) < 2:
+        raise GaugeError(f"--widths needs at least two distinct widths, not {list(widths)}")
+    if len(set(widths)) != len(widths):
+        raise GaugeError(f"--widths lists a width twice: {list(widths)}")
 
 
 def _add_table(sub: Any) -> None:
@@ -122,9 +141,22 @@ def format_report(report: Any, every: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _check_verify_args(args: argparse.Namespace) -> None:
+    for name in ("steps", "width", "depth", "batch_size"):
+        _at_least("--" + name.replace("_", "-"), getattr(args, name), 1)
+    if args.convert_at is not None and not 0 <= args.convert_at < args.steps:
+        raise GaugeError(f"--convert-at {args.convert_at} is outside the run: give a step in "
+                         f"[0, {args.steps - 1}] (--steps {args.steps})")
+    for name in ("lr", "tolerance", "eps"):
+        _positive_number("--" + name, getattr(args, name))
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise GaugeError(f"--weight-decay must be a finite number >= 0, not {args.weight_decay}")
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
+    _check_verify_args(args)
     report = verify(_verify_config(args), progress=not args.json)
     if args.json:
         print(json.dumps(report.to_json()))
@@ -235,11 +267,13 @@ def _add_convert(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a saved model or Trainer checkpoint folder to another gauge (streaming)",
-        description="Convert SRC (a save_pretrained folder, single or sharded safetensors, or a "
-        "Trainer checkpoint-N folder with optimizer.pt and scheduler.pt) to gauge --to, writing "
-        "DST. The source gauge comes from config.json; a plain folder is STP gauge and needs "
-        "--richness. Tensors are streamed one at a time; SRC is never modified; DST appears "
-        "only when complete and verified.",
+        description="Convert SRC (a save_pretrained folder: single or sharded safetensors or "
+        "pytorch_model.bin, a Hugging Face cache snapshot, or a Trainer checkpoint-N folder with "
+        "optimizer.pt and scheduler.pt) to gauge --to, writing DST (safetensors). The source "
+        "gauge comes from config.json, read as data (no code from SRC runs); a plain folder is "
+        "STP gauge and needs --richness. Every check runs before anything is written; tensors "
+        "are streamed in chunks by a pool of threads; SRC is never modified; DST appears only "
+        "when complete and verified, and an existing DST is replaced only with --overwrite.",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
@@ -254,7 +288,13 @@ def _add_convert(sub: Any) -> None:
                    help="refuse a conversion with scale factors that are not powers of two")
     p.add_argument("--snap-pow2", action="store_true",
                    help="use the nearest gauge whose factors are powers of two (lossless)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing DST (the old one stays until the new one is in place)")
+    p.add_argument("--allow-lossy", action="store_true",
+                   help="accept entries that overflow to inf or underflow to zero/subnormal "
+                   "when scaled (reported; lossless is then false)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads that write DST (default: the CPU count, at most 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_convert)
 
@@ -267,13 +307,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     def interrupted(signum, frame):  # let the temporary folder be removed on SIGTERM
         raise KeyboardInterrupt(f"signal {signum}")
 
+    _at_least("--workers", args.workers, 1)
+    _positive_number("--gamma", args.gamma)
     previous = signal.signal(signal.SIGTERM, interrupted)
     try:
         report = convert_checkpoint(
             args.src, args.dst, args.to, richness=args.richness, gamma=args.gamma,
             optimizer=args.optimizer, tied_role=args.tied_role, exact=args.exact,
             snap_pow2=args.snap_pow2, overwrite=args.overwrite, progress=not args.json,
+            allow_lossy=args.allow_lossy, workers=args.workers,
         )
+    except OSError as err:  # a full or read-only disk, a permission: the real error, one line
+        raise GaugeError(str(err)) from None
+    except KeyboardInterrupt:
+        print("gaugeconv convert: interrupted; DST was not written (SRC untouched)",
+              file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.json:
@@ -286,9 +335,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
           f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s")
     print(f"optimizer.pt: {'converted' if report.optimizer else 'none'}   scheduler.pt: "
           f"{'converted' if report.scheduler else 'none'}")
+    if report.source_format != "safetensors":
+        print(f"read {report.source_format}, written as safetensors")
+    if report.ignored:
+        print(f"copied unchanged, ignored by from_pretrained: {', '.join(report.ignored[:6])}"
+              + (" ..." if len(report.ignored) > 6 else ""))
+    if report.left_out:
+        print(f"left out (weights in another format, not converted): {', '.join(report.left_out)}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.lossy:
+        print(f"LOSSY (--allow-lossy): {len(report.lossy)} tensor(s) overflowed or underflowed: "
+              f"{', '.join(list(report.lossy)[:6])}")
+    for item in report.optimizer_lossy:
+        print(f"LOSSY (--allow-lossy): optimizer.pt {item}")
     if report.lossless:
-        print("lossless: every scale factor is a power of two")
-    else:
+        print("lossless: every scale factor is a power of two, no entry left the dtype's range")
+    elif report.not_power_of_two:
         print(f"largest round-trip error: {report.max_roundtrip_rel_error:.2e} (relative); "
               f"{len(report.not_power_of_two)} tensor(s) with factors that are not powers of two "
               "(--exact refuses, --snap-pow2 avoids)")
@@ -300,8 +363,8 @@ def _widths(value: str) -> tuple[int, ...]:
         widths = tuple(int(w) for w in value.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"widths must be integers like 128,256,512: {value!r}") from None
-    if len(widths) < 2 or any(w < 2 for w in widths):
-        raise argparse.ArgumentTypeError("give at least two widths >= 2")
+    if any(w < 2 for w in widths):
+        raise argparse.ArgumentTypeError(f"every width must be >= 2: {value!r}")
     return widths
 
 
@@ -339,6 +402,12 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
         negative_lr_scale,
     )
 
+    _check_widths(args.widths)
+    _at_least("--seeds", args.seeds, 1)
+    _at_least("--steps", args.steps, 1)
+    _positive_number("--lr", args.lr)
+    _positive_number("--tolerance", args.tolerance)
+
     cfg = CoordCheckConfig(richness=args.richness, gauge=args.gauge, optimizer=args.optimizer,
                            widths=args.widths, seeds=args.seeds, steps=args.steps, lr=args.lr,
                            tolerance=args.tolerance)
@@ -374,6 +443,8 @@ def _parse_abc(text: str) -> dict[str, list[float]]:
             values = [float(x) for x in nums.split(",")]
         except ValueError:
             values = []
+        if not all(math.isfinite(v) for v in values):
+            raise GaugeError(f"--abc part {part!r}: exponents must be finite numbers")
         if role not in ("readin", "hidden", "readout") or len(values) != 3:
             raise GaugeError(f"--abc part {part!r}: expected ROLE=a,b,c with ROLE readin, hidden "
                              "or readout")
@@ -381,6 +452,56 @@ def _parse_abc(text: str) -> dict[str, list[float]]:
     missing = {"readin", "hidden", "readout"} - set(out)
     if missing:
         raise GaugeError(f"--abc lacks {sorted(missing)}")
+    return out
+
+
+MEASURED_FIELDS = ("multiplier", "init_std", "lr", "fan_in")
+
+
+def _read_measured(path: str) -> dict[int, dict[str, dict[str, float]]]:
+    """classify --measured FILE: {width: {role: {multiplier, init_std, lr, fan_in}}}, checked."""
+    from pathlib import Path
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise GaugeError(f"--measured {path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise GaugeError(f"--measured {path}: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise GaugeError(f"--measured {path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise GaugeError(f"--measured {path}: nested too deeply") from None
+    if not isinstance(raw, dict):
+        raise GaugeError(f"--measured {path}: expected an object {{width: {{role: {{...}}}}}}, "
+                         f"not a {type(raw).__name__}")
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for w, roles in raw.items():
+        try:
+            width = int(w)
+        except ValueError:
+            width = 0
+        if width < 1 or str(width) != w.strip():
+            raise GaugeError(f"--measured {path}: key {w!r} is not a width (a positive integer)")
+        if width in out:
+            raise GaugeError(f"--measured {path}: width {width} appears twice")
+        if not isinstance(roles, dict):
+            raise GaugeError(f"--measured {path}: [{w}] is not an object of roles")
+        missing = {"readin", "hidden", "readout"} - set(roles)
+        if missing:
+            raise GaugeError(f"--measured {path}: [{w}] lacks role(s) {sorted(missing)}")
+        for role, values in roles.items():
+            if not isinstance(values, dict):
+                raise GaugeError(f"--measured {path}: [{w}][{role}] is not an object")
+            for key in MEASURED_FIELDS:
+                v = values.get(key)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                        not math.isfinite(v) or v <= 0:
+                    raise GaugeError(f"--measured {path}: [{w}][{role}][{key!r}] is {v!r}, not a "
+                                     "finite positive number")
+        out[width] = roles
+    if len(out) < 2:
+        raise GaugeError(f"--measured {path}: values at two or more widths are needed")
     return out
 
 
@@ -413,10 +534,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     elif args.abc:
         result = classify_abc(_parse_abc(args.abc), args.optimizer or "sgd")
     else:
-        from pathlib import Path
-
-        raw = json.loads(Path(args.measured).read_text())
-        result = classify_measured({int(w): v for w, v in raw.items()}, args.optimizer or "sgd")
+        result = classify_measured(_read_measured(args.measured), args.optimizer or "sgd")
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
@@ -463,6 +581,10 @@ def _cmd_lazy(args: argparse.Namespace) -> int:
     from .richness import Richness
 
     Richness(args.richness)
+    _check_widths(args.widths)
+    _at_least("--seeds", args.seeds, 1)
+    _at_least("--steps", args.steps, 1)
+    _positive_number("--lr", args.lr)
     out = lazy_limit(LazyConfig(richness=args.richness, widths=args.widths, seeds=args.seeds,
                                 steps=args.steps, lr=args.lr), progress=not args.json)
     if args.json:

@@ -1,11 +1,19 @@
 """Convert a save_pretrained folder or a Trainer checkpoint folder to another gauge, on disk.
 
-SRC is never modified. DST is assembled in a hidden temporary folder beside it
-(``.DST.gaugeconv-tmp-PID``), verified (every output header re-read and compared with its input:
-names, dtypes, shapes, byte ranges, count), and renamed into place only then. Everything that can
-be checked is checked before the first byte is written; a failure removes the temporary folder;
-a process killed halfway leaves only that hidden folder, which the next conversion to the same
-DST removes. An existing DST is refused unless ``overwrite``.
+Order of work (every check before the first byte is written; the hidden folder is created
+only when all of them passed):
+
+1. paths: DST's parents, DST itself, SRC's tree (placement.py, sources.py) -- SRC and DST
+   compared by device and inode; debris of killed conversions to DST swept;
+2. plan: config.json read as JSON (no code from SRC ever runs; hf/inspect.py), the model built
+   on the meta device, every weight header parsed strictly, every tensor matched to the model
+   the way ``from_pretrained`` matches it (base-model prefix added or removed; keys that it
+   ignores on load, such as old ``position_ids`` or GPT-2's ``attn.bias`` buffers, copied
+   through unchanged and reported), the per-tensor factor 1/s of THEORY.md section 6,
+   optimizer.pt and scheduler.pt converted in memory;
+3. write: the hidden folder is filled by the streaming engine (stream.py) -- precision losses
+   (overflow, underflow) stop it unless ``allow_lossy`` --, every output header re-read and
+   compared, and the folder renamed into place (placement.py).
 """
 
 from __future__ import annotations
@@ -13,28 +21,31 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import GaugeError
-from ..gauges import Custom, resolve_point
-from ..hf.config import CONFIG_KEY, GaugeConfig
-from ..hf.inspect import meta_model
-from ..hf.model import gauge_entry, gauge_of, get_gauged
-from ..optim_rules import OptimizerRule
 from ..tensor_ops import is_power_of_two
-from .optimizer_files import convert_optimizer_state, convert_scheduler_state, load_trusted
-from .safetensors_io import SCALABLE, CheckpointError, Header, read_header, rescale_file
+from .placement import (
+    check_not_nested,
+    claim,
+    destination_path,
+    place,
+    resolve_destination,
+    sweep,
+    unmake,
+)
+from .safetensors_io import SCALABLE, CheckpointError, Header, header_bytes, read_header
+from .sources import Weights, check_trainer_files, find_weights, walk_src
+from .stream import ArraySource, FileSource, OutFile, Task, run_stream
 
 __all__ = ["convert_checkpoint", "ConvertReport"]
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
+CONFIG_KEY = "gaugeconv"
 
 
 @dataclass
@@ -56,76 +67,31 @@ class ConvertReport:
     seconds: float
     snapped_to_powers_of_two: bool = False
     not_power_of_two: list[str] = field(default_factory=list)
+    source_format: str = "safetensors"
+    ignored: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    lossy: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    optimizer_lossy: list[str] = field(default_factory=list)
+    seconds_planning: float = 0.0  # checks and plan, imports of torch and transformers included
+    seconds_writing: float = 0.0  # from the hidden folder's creation to DST in place
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _shard_files(src: Path) -> tuple[list[Path], dict[str, str] | None]:
-    if (src / INDEX).is_file():
-        try:
-            index = json.loads((src / INDEX).read_text())
-            weight_map = dict(index["weight_map"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{INDEX} is not a valid index ({err})") from None
-        files = list(dict.fromkeys(weight_map.values()))
-        return [src / f for f in files], weight_map
-    if (src / SINGLE).is_file():
-        return [src / SINGLE], None
-    if any((src / n).exists() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        raise CheckpointError(
-            f"{src} holds pickled pytorch_model.bin weights; re-save with safetensors "
-            "(save_pretrained(safe_serialization=True)) to convert them"
-        )
-    raise CheckpointError(f"{src} has no {SINGLE} nor {INDEX}")
+@dataclass
+class _Tensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
 
 
-def _check_tensors(headers: list[Header], weight_map, model) -> dict[str, Any]:
-    """File contents against the index and against the model built from config.json."""
-    where: dict[str, str] = {}
-    entries = {}
-    for h in headers:
-        for e in h.entries:
-            if e.name in where:
-                raise CheckpointError(f"tensor {e.name!r} is in both {where[e.name]} and {h.path.name}")
-            where[e.name] = h.path.name
-            entries[e.name] = e
-    if weight_map is not None:
-        for key, fname in weight_map.items():
-            if where.get(key) != fname:
-                raise CheckpointError(
-                    f"{INDEX} puts {key!r} in {fname}, but "
-                    + (f"it is in {where[key]}" if key in where else "no shard holds it")
-                )
-        extra = sorted(set(where) - set(weight_map))
-        if extra:
-            raise CheckpointError(f"shards hold tensors the index does not list: {extra[:4]}")
-    gauged = get_gauged(model)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    known = set(params) | set(model.state_dict())
-    unknown = sorted(set(entries) - known)
-    if unknown:
-        raise CheckpointError(
-            f"the weights do not fit config.json's {type(model).__name__}: "
-            f"{len(unknown)} unknown tensor(s) {unknown[:4]}"
-        )
-    uses_of: dict[str, list[str]] = {}
-    for use, stored in gauged.uses.items():
-        uses_of.setdefault(stored, []).append(use)
-    for stored in gauged.plans:
-        present = [u for u in uses_of[stored] if u in entries]
-        if not present:
-            raise CheckpointError(f"the checkpoint lacks tensor {stored!r}")
-        for u in present:
-            if entries[u].shape != tuple(params[u].shape):
-                raise CheckpointError(
-                    f"{u!r} has shape {list(entries[u].shape)} in {where[u]}, but config.json's "
-                    f"model gives {list(params[u].shape)}: config and weights disagree"
-                )
-    return entries
+def _target(src_cfg, to: str, snap: bool, param):
+    from ..gauges import Custom, resolve_point
+    from ..hf.model import gauge_of
 
-
-def _target(src_cfg: GaugeConfig, to: str, snap: bool, param) -> tuple[GaugeConfig, Any]:
     gauge, r = resolve_point(to, src_cfg.richness)
     if r != src_cfg.richness:
         raise GaugeError(f"{to!r} is at r={r}, the checkpoint at r={src_cfg.richness}")
@@ -139,15 +105,185 @@ def _target(src_cfg: GaugeConfig, to: str, snap: bool, param) -> tuple[GaugeConf
     return cfg, target
 
 
-def _clean_stale(dst: Path) -> None:
-    for old in dst.parent.glob(f".{dst.name}.gaugeconv-tmp-*"):
-        pid = old.name.rsplit("-", 1)[-1]
+# buffers that old transformers saved and today's from_pretrained drops (with a warning)
+LEGACY_BUFFERS = (r"(^|\.)attn\.masked_bias$",)
+
+
+def _ignore_regex(model) -> re.Pattern | None:
+    """The unexpected keys from_pretrained drops silently (modeling_utils'
+    ``_adjust_missing_and_unexpected_keys``): the class's patterns, old rotary ``inv_freq`` and
+    ``position_ids`` buffers; and GPT-2's old ``attn.masked_bias``."""
+    patterns = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    patterns.update(LEGACY_BUFFERS)
+    buffers = [n for n, _ in model.named_buffers()]
+    if any(b.endswith("rotary_emb.inv_freq") for b in buffers):
+        patterns.add(r"rotary_emb\.inv_freq")
+    if any(b.endswith("position_ids") for b in buffers):
+        patterns.add(r"(^|\.)position_ids$")
+    return re.compile("|".join(f"({p})" for p in sorted(patterns))) if patterns else None
+
+
+def _match(tensors: dict[str, _Tensor], model) -> tuple[dict[str, str], list[str]]:
+    """Checkpoint key -> model key, as from_pretrained matches them; and the ignored keys."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    known = set(params) | set(model.state_dict())
+    buffers = {n for n, _ in model.named_buffers(remove_duplicate=False)} - known
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    regex = _ignore_regex(model)
+    matched: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    ignored, unknown = [], []
+    for key in tensors:
+        candidates = [key]
+        if prefix:
+            candidates.append(f"{prefix}.{key}")
+            if key.startswith(prefix + "."):
+                candidates.append(key[len(prefix) + 1:])
+        hit = next((c for c in candidates if c in known), None)
+        if hit is None:
+            if any(c in buffers for c in candidates) or (regex and regex.search(key)):
+                ignored.append(key)
+            else:
+                unknown.append(key)
+            continue
+        if hit in owner:
+            raise CheckpointError(f"tensors {owner[hit]!r} and {key!r} are both the model's "
+                                  f"{hit!r}: which one is it?")
+        owner[hit] = key
+        matched[key] = hit
+    if unknown:
+        raise CheckpointError(
+            f"the weights do not fit config.json's {type(model).__name__}: {len(unknown)} "
+            f"unknown tensor(s) {sorted(unknown)[:4]}"
+        )
+    return matched, sorted(ignored)
+
+
+def _check_against_model(tensors: dict[str, _Tensor], matched: dict[str, str], gauged,
+                         model) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    present = {m: k for k, m in matched.items()}
+    uses_of: dict[str, list[str]] = {}
+    for use, stored in gauged.uses.items():
+        uses_of.setdefault(stored, []).append(use)
+    for stored in gauged.plans:
+        here = [u for u in uses_of[stored] if u in present]
+        if not here:
+            raise CheckpointError(f"the checkpoint lacks tensor {stored!r}")
+        for u in here:
+            t = tensors[present[u]]
+            if t.shape != tuple(params[u].shape):
+                raise CheckpointError(
+                    f"{t.name!r} has shape {list(t.shape)} in {t.file}, but config.json's "
+                    f"model gives {list(params[u].shape)}: config and weights disagree"
+                )
+
+
+def _safetensors_plan(src: Path, weights: Weights) -> tuple[list[Header], dict[str, _Tensor]]:
+    headers = [read_header(src / f) for f in weights.files]
+    tensors: dict[str, _Tensor] = {}
+    for h in headers:
+        for e in h.entries:
+            if e.name in tensors:
+                raise CheckpointError(f"tensor {e.name!r} is in both {tensors[e.name].file} and "
+                                      f"{h.path.name}")
+            tensors[e.name] = _Tensor(e.name, e.dtype, e.shape, h.path.name)
+    if weights.weight_map is not None:
+        _check_index(tensors, weights)
+    return headers, tensors
+
+
+def _check_index(tensors: dict[str, _Tensor], weights: Weights) -> None:
+    for key, fname in weights.weight_map.items():
+        where = tensors[key].file if key in tensors else None
+        if where != fname:
+            raise CheckpointError(f"{weights.index} puts {key!r} in {fname}, but "
+                                  + (f"it is in {where}" if where else "no shard holds it"))
+    extra = sorted(set(tensors) - set(weights.weight_map))
+    if extra:
+        raise CheckpointError(f"shards hold tensors the index does not list: {extra[:4]}")
+
+
+def _bin_plan(src: Path, weights: Weights) -> tuple[dict[str, dict], dict[str, _Tensor]]:
+    import torch
+
+    from .optimizer_files import load_trusted
+
+    codes = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+    states, tensors = {}, {}
+    for f in weights.files:
         try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(old, ignore_errors=True)
-        except PermissionError:
-            pass
+            state = load_trusted(src / f, mmap=True)  # pages stay in the page cache
+        except CheckpointError:  # the legacy (pre-zip) format cannot be memory-mapped
+            state = load_trusted(src / f)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{f} holds a {type(state).__name__}, not a state dict")
+        for key, t in state.items():
+            if not isinstance(key, str) or not isinstance(t, torch.Tensor):
+                raise CheckpointError(f"{f}: entry {key!r} is not a named tensor")
+            if t.dtype not in codes:
+                raise CheckpointError(f"{f}: tensor {key!r} has dtype {t.dtype}, which "
+                                      "safetensors cannot hold here")
+            if key in tensors:
+                raise CheckpointError(f"tensor {key!r} is in both {tensors[key].file} and {f}")
+            tensors[key] = _Tensor(key, codes[t.dtype], tuple(t.shape), f)
+        states[f] = state
+    if weights.weight_map is not None:
+        _check_index(tensors, weights)
+    return states, tensors
+
+
+def _tasks_from_header(h: Header, factors: dict[str, float], source: FileSource) -> list[Task]:
+    tasks: list[Task] = []
+    for e in h.entries:
+        if e.end == e.start:
+            continue
+        f = factors.get(e.name, 1.0)
+        if f == 1.0:
+            last = tasks[-1] if tasks else None
+            if last is not None and last.dtype is None and \
+                    last.src_offset + last.nbytes == e.start:
+                last.nbytes += e.end - e.start
+            else:
+                tasks.append(Task(source, e.start, e.start, e.end - e.start, e.name))
+        else:
+            tasks.append(Task(source, e.start, e.start, e.end - e.start, e.name, e.dtype, f))
+    return tasks
+
+
+def _bin_outfile(state: dict, tensors: dict[str, _Tensor], factors: dict[str, float],
+                 path: Path) -> OutFile:
+    import torch
+
+    names = list(state)
+    header, entries = header_bytes([(n, tensors[n].dtype, tensors[n].shape) for n in names],
+                                   {"format": "pt"})
+    out = OutFile(path, header, entries[-1].end if entries else len(header))
+    for n, e in zip(names, entries):
+        if e.end == e.start:
+            continue
+        data = state[n].detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        f = factors.get(n, 1.0)
+        out.tasks.append(Task(ArraySource(n, data), 0, e.start, e.end - e.start, n,
+                              None if f == 1.0 else tensors[n].dtype, f))
+    return out
+
+
+def _brief(cfg) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k != "multipliers"}
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def convert_checkpoint(
@@ -162,22 +298,38 @@ def convert_checkpoint(
     snap_pow2: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    optimizer_rule: OptimizerRule | None = None,
+    optimizer_rule: Any = None,
+    allow_lossy: bool = False,
+    workers: int | None = None,
 ) -> ConvertReport:
     """Convert a saved model or Trainer checkpoint folder to gauge ``to``; see the module doc."""
     start = time.perf_counter()
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    if not src.is_dir():
-        raise GaugeError(f"SRC {src} is not a folder")
-    if dst == src or src in dst.parents:
-        raise GaugeError(f"DST {dst} must lie outside SRC {src}")
-    if dst.exists() and not overwrite:
-        raise GaugeError(f"DST {dst} already exists; pass overwrite (--overwrite) to replace it")
+    # 1. paths
+    try:
+        os.stat(src)
+    except OSError as err:
+        raise CheckpointError(f"SRC {src}: {err.strerror}") from None
+    if not os.path.isdir(src):
+        raise CheckpointError(f"SRC {src} is not a folder")
+    src_path = Path(os.path.realpath(src))
+    dst_guess = destination_path(dst)
+    notes = sweep(dst_guess)
+    dest = resolve_destination(dst, overwrite)
+    tree = walk_src(src_path)
+    check_not_nested(src_path, tree.dir_ids, dest)
+    weights = find_weights(src_path, tree)
+    top_dirs = [d for d in tree.dirs if "/" not in d]
+    has_opt, has_sched = check_trainer_files(src_path, top_dirs)
 
-    # 1. plan: source gauge, target gauge, per-tensor factors
+    # 2. plan
+    from ..hf.config import GaugeConfig
+    from ..hf.inspect import meta_model, read_config
+    from ..hf.model import gauge_entry, get_gauged
+
     plain = GaugeConfig(richness=richness, gauge="stp", gamma=gamma, optimizer=optimizer,
                         tied_role=tied_role) if richness is not None else None
-    model = meta_model(src, plain)
+    raw_config = read_config(src_path)
+    model = meta_model(src_path, plain)
     src_cfg = GaugeConfig.from_dict(getattr(model.config, CONFIG_KEY))
     if richness is not None and richness != src_cfg.richness:
         raise GaugeError(
@@ -187,103 +339,178 @@ def convert_checkpoint(
     gauged = get_gauged(model)
     dst_cfg, target = _target(src_cfg, to, snap_pow2, gauged.parameterization)
     scales = gauged.parameterization.scales_to(target)
-    files, weight_map = _shard_files(src)
-    headers = [read_header(f) for f in files]
-    entries = _check_tensors(headers, weight_map, model)
-    factors = {u: 1.0 / scales[s] for u, s in gauged.uses.items() if u in entries}
-    for name, f in factors.items():
-        if f != 1.0 and entries[name].dtype not in SCALABLE:
-            raise CheckpointError(f"tensor {name!r} ({entries[name].dtype}) cannot be rescaled")
-    inexact = sorted(n for n, f in factors.items() if f != 1.0 and not is_power_of_two(f))
+    if weights.kind == "safetensors":
+        headers, tensors = _safetensors_plan(src_path, weights)
+        states = None
+    else:
+        headers, (states, tensors) = None, _bin_plan(src_path, weights)
+    matched, ignored = _match(tensors, model)
+    _check_against_model(tensors, matched, gauged, model)
+    factors = {}
+    for key, m in matched.items():
+        if m in gauged.uses:
+            f = 1.0 / scales[gauged.uses[m]]
+            if not (math.isfinite(f) and f > 0):
+                raise CheckpointError(f"tensor {key!r} would be scaled by {f!r}: the gauge's "
+                                      "multipliers are not finite positive numbers")
+            if f != 1.0:
+                factors[key] = f
+    for name in factors:
+        if tensors[name].dtype not in SCALABLE:
+            raise CheckpointError(f"tensor {name!r} ({tensors[name].dtype}) cannot be rescaled")
+    inexact = sorted(n for n, f in factors.items() if not is_power_of_two(f))
     if exact and inexact:
         raise GaugeError(
             f"--exact: {len(inexact)} tensor(s) would be scaled by factors that are not powers of "
             f"two, which cannot be lossless: {inexact[:6]}{' ...' if len(inexact) > 6 else ''}; "
             "use --snap-pow2 for the nearest gauge whose factors are powers of two"
         )
-    opt_state = sched_state = None
-    if (src / "optimizer.pt").is_file():
-        opt_state, group_scales, rule = convert_optimizer_state(
-            load_trusted(src / "optimizer.pt"), scales, optimizer_rule
-        )
-        if (src / "scheduler.pt").is_file():
-            sched_state = convert_scheduler_state(
-                load_trusted(src / "scheduler.pt"), group_scales, rule.degree
-            )
-    new_config = json.loads((src / "config.json").read_text())
+    opt_bytes = sched_bytes = None
+    opt_lossy: list[str] = []
+    if has_opt:
+        opt_bytes, sched_bytes, opt_lossy = _convert_trainer_state(src_path, scales, optimizer_rule,
+                                                        has_sched, allow_lossy)
+    new_config = dict(raw_config)
     new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target)
+    config_bytes = (json.dumps(new_config, indent=2, sort_keys=True) + "\n").encode()
 
-    # 2. write beside DST, verify, rename into place
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(dst)
-    tmp = dst.parent / f".{dst.name}.gaugeconv-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    errors: dict[str, float] = {}
+    # 3. write beside DST, verify, rename into place
+    planned = time.perf_counter()
+    tmp, made = claim(dest)
     try:
-        special = {f.name for f in files} | {"config.json", "optimizer.pt", "scheduler.pt"}
-        for item in src.iterdir():
-            if item.name in special:
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
-            else:
-                shutil.copy2(item, tmp / item.name)
-        total = sum(h.size for h in headers)
+        outs: list[OutFile] = []
+        if headers is not None:
+            for h in headers:
+                outs.append(OutFile(tmp / h.path.name, h.raw, h.size,
+                                    _tasks_from_header(h, factors, FileSource(h.path))))
+        else:
+            for f in weights.files:
+                out = _bin_outfile(states[f], tensors, factors, tmp / weights.out_names[f])
+                outs.append(out)
+        skip = weights.consumed | {"config.json", "optimizer.pt", "scheduler.pt"}
+        if weights.kind == "safetensors" and weights.index:
+            skip.discard(weights.index)
+        for d in tree.dirs:
+            os.mkdir(tmp / d)
+        copies = [f for f in tree.files if f not in skip]
+        for f in copies:
+            size = os.path.getsize(src_path / f)
+            outs.append(OutFile(tmp / f, b"", size,
+                                [Task(FileSource(src_path / f), 0, 0, size, f)] if size else []))
+        total = sum(o.size for o in outs)
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="B", unit_scale=True, desc="convert", leave=False)
-        for h in headers:
-            errors.update(rescale_file(h, factors, tmp / h.path.name,
-                                       bar.update if bar else (lambda n: None)))
-        if bar:
-            bar.close()
-        (tmp / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
-        if opt_state is not None:
-            torch.save(opt_state, tmp / "optimizer.pt")
-        if sched_state is not None:
-            torch.save(sched_state, tmp / "scheduler.pt")
-        _verify(headers, tmp)
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.gaugeconv-old-{os.getpid()}"
-            os.rename(dst, old)
-            os.rename(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, dst)
+        try:
+            stats = run_stream(outs, workers or min(8, os.cpu_count() or 1),
+                               bar.update if bar else (lambda n: None), allow_lossy)
+        finally:
+            if bar:
+                bar.close()
+        for f in copies:
+            shutil.copystat(src_path / f, tmp / f)
+        if weights.kind == "bin":
+            _write_bin_index(tmp, weights, outs)
+        _write_file(tmp / "config.json", config_bytes)
+        if opt_bytes is not None:
+            _write_file(tmp / "optimizer.pt", opt_bytes)
+        if sched_bytes is not None:
+            _write_file(tmp / "scheduler.pt", sched_bytes)
+        _verify(outs[: len(weights.files)], tmp)
+        old = place(tmp, dest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        unmake(made)
         raise
-    scaled = sum(1 for f in factors.values() if f != 1.0)
+    written = time.perf_counter()
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    lossy = {n: {"overflow": s.overflow, "underflow": s.underflow}
+             for n, s in stats.items() if s.overflow or s.underflow}
+    rel = [s.roundtrip / s.amax for s in stats.values() if s.amax > 0]
+    scaled = len(factors)
     return ConvertReport(
-        src=str(src), dst=str(dst), model=type(model).__name__,
+        src=str(src_path), dst=str(dest.path), model=type(model).__name__,
         from_gauge=_brief(src_cfg), to_gauge=_brief(dst_cfg),
-        shards=len(headers), tensors=len(entries), scaled=scaled,
-        copied_raw=len(entries) - scaled, bytes=total,
-        max_roundtrip_rel_error=max(errors.values(), default=0.0), lossless=not inexact,
-        optimizer=opt_state is not None, scheduler=sched_state is not None,
+        shards=len(weights.files), tensors=len(tensors), scaled=scaled,
+        copied_raw=len(tensors) - scaled, bytes=sum(o.size for o in outs[: len(weights.files)]),
+        max_roundtrip_rel_error=max(rel, default=0.0), lossless=not inexact and not lossy and not opt_lossy,
+        optimizer=opt_bytes is not None, scheduler=sched_bytes is not None,
         seconds=time.perf_counter() - start, snapped_to_powers_of_two=snap_pow2,
-        not_power_of_two=inexact,
+        not_power_of_two=inexact, source_format="safetensors" if weights.kind == "safetensors"
+        else "pytorch_model.bin", ignored=ignored, left_out=weights.left_out, lossy=lossy,
+        notes=notes, optimizer_lossy=opt_lossy, seconds_planning=planned - start,
+        seconds_writing=written - planned,
     )
 
 
-def _brief(cfg: GaugeConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_dict().items() if k != "multipliers"}
+def _convert_trainer_state(src: Path, scales, rule, has_sched: bool, allow_lossy: bool):
+    import io
+
+    import torch
+
+    from .optimizer_files import convert_optimizer_state, convert_scheduler_state, load_trusted
+
+    original = load_trusted(src / "optimizer.pt")
+    opt_state, group_scales, rule = convert_optimizer_state(original, scales, rule)
+    lossy = _optimizer_losses(original, opt_state)
+    if lossy and not allow_lossy:
+        raise CheckpointError(f"optimizer.pt {lossy[0]}; nothing was written (--allow-lossy "
+                              "accepts the loss)")
+    buf = io.BytesIO()
+    torch.save(opt_state, buf)
+    sched = None
+    if has_sched:
+        state = convert_scheduler_state(load_trusted(src / "scheduler.pt"), group_scales,
+                                        rule.degree)
+        out = io.BytesIO()
+        torch.save(state, out)
+        sched = out.getvalue()
+    return buf.getvalue(), sched, lossy
 
 
-def _verify(headers: list[Header], out_dir: Path) -> None:
-    """Re-open every output file: same tensors, dtypes, shapes, byte ranges and sizes."""
+def _optimizer_losses(before: dict, after: dict) -> list[str]:
+    """State tensors whose scaling created inf/NaN from finite entries or zeros from nonzero
+    ones (a bfloat16 exp_avg_sq times s**-2, say)."""
+    import torch
+
+    out = []
+    for idx, st in after["state"].items():
+        for key, new in st.items():
+            old = before["state"][idx].get(key)
+            if not (isinstance(new, torch.Tensor) and new.is_floating_point()
+                    and isinstance(old, torch.Tensor) and old.shape == new.shape):
+                continue
+            over = int((torch.isfinite(old) & ~torch.isfinite(new)).sum())
+            under = int(((old != 0) & (new == 0)).sum())
+            if over or under:
+                out.append(f"entry {idx} {key!r} ({new.dtype}): {over} entries would overflow, "
+                           f"{under} underflow to zero")
+    return out
+
+
+def _write_bin_index(tmp: Path, weights: Weights, outs: list[OutFile]) -> None:
+    if weights.index is None:
+        return
+    data = dict(weights.index_data or {})
+    meta = dict(data.get("metadata") or {}) if isinstance(data.get("metadata"), dict) else {}
+    meta["total_size"] = sum(o.size - len(o.header) for o in outs[: len(weights.files)])
+    index = {"metadata": meta,
+             "weight_map": {k: weights.out_names[f] for k, f in weights.weight_map.items()}}
+    _write_file(tmp / "model.safetensors.index.json",
+                (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _verify(outs: list[OutFile], out_dir: Path) -> None:
+    """Re-open every output weight file: the header we meant, a file of the size we meant."""
     from safetensors import safe_open
 
-    for h in headers:
-        out = read_header(out_dir / h.path.name)
-        if out.entries != h.entries or out.metadata != h.metadata or out.size != h.size:
-            raise CheckpointError(f"verification failed for {h.path.name}: the output differs")
-        with safe_open(out_dir / h.path.name, framework="pt") as f:
-            if sorted(f.keys()) != sorted(e.name for e in h.entries):
-                raise CheckpointError(f"verification failed for {h.path.name}: tensor names")
-            for e in h.entries:
-                if tuple(f.get_slice(e.name).get_shape()) != e.shape:
-                    raise CheckpointError(f"verification failed for {e.name}: shape")
+    for o in outs:
+        got = read_header(o.path)
+        if got.raw != o.header or got.size != o.size:
+            raise CheckpointError(f"verification failed for {o.path.name}: the output differs")
+        with safe_open(o.path, framework="numpy") as f:
+            if sorted(f.keys()) != sorted(e.name for e in got.entries):
+                raise CheckpointError(f"verification failed for {o.path.name}: tensor names")

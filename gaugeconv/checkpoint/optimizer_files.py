@@ -8,6 +8,7 @@ Both are read with ``torch.load(weights_only=True)``: a pickle that needs more i
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from .safetensors_io import CheckpointError
 __all__ = ["load_trusted", "infer_rule", "convert_optimizer_state", "convert_scheduler_state"]
 
 
-def load_trusted(path: Path) -> Any:
+def load_trusted(path: Path, mmap: bool = False) -> Any:
     """torch.load with weights_only=True; anything that needs arbitrary unpickling is refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the refusal below says it in one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # UnpicklingError and friends
         raise CheckpointError(
             f"{path.name} cannot be loaded with weights_only=True ({type(err).__name__}: "
@@ -54,12 +57,17 @@ def convert_optimizer_state(
     state_dict: dict[str, Any], scales: Mapping[str, float], rule: OptimizerRule | None = None
 ) -> tuple[dict[str, Any], list[float], OptimizerRule]:
     """Scaled copy of an optimizer state dict; returns it, the per-group s and the rule."""
-    groups = state_dict.get("param_groups")
+    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
     if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
         raise CheckpointError("optimizer.pt is not an optimizer state_dict")
     group_scales = []
     for i, group in enumerate(groups):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            raise CheckpointError(f"optimizer.pt group {i} is not a parameter group")
         names = group.get("param_names")
+        if names is not None and (not isinstance(names, list)
+                                  or not all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"optimizer.pt group {i}: param_names must be a list of names")
         if names is None:
             raise CheckpointError(
                 f"optimizer.pt group {i} has no param_names, so its tensors cannot be identified; "
@@ -72,6 +80,11 @@ def convert_optimizer_state(
         if len(s_values) > 1:
             raise CheckpointError(f"optimizer.pt group {i} mixes tensors of different gauge factors")
         group_scales.append(s_values.pop() if s_values else 1.0)
+    if not groups:
+        raise CheckpointError("optimizer.pt has no parameter groups")
+    for idx, st in state_dict["state"].items():
+        if not isinstance(st, dict):
+            raise CheckpointError(f"optimizer.pt entry {idx!r} is not a per-parameter state")
     rule = rule or infer_rule(next((g for g in groups if g.get("params")), groups[0]))
     index_scale = {}
     for group, s in zip(groups, group_scales):
@@ -96,8 +109,17 @@ def convert_scheduler_state(
     state: dict[str, Any], group_scales: list[float], degree: int
 ) -> dict[str, Any]:
     """Scaled copy of a scheduler state dict (nested schedulers of SequentialLR included)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"scheduler.pt holds a {type(state).__name__}, not a state dict")
     out = dict(state)
     for key in SCHEDULER_LR_ATTRS:
+        values = state.get(key)
+        if values is not None and (not isinstance(values, list)
+                                   or len(values) != len(group_scales)):
+            raise CheckpointError(
+                f"scheduler.pt {key} has {len(values) if isinstance(values, list) else values!r}"
+                f" entries, optimizer.pt {len(group_scales)} parameter groups: they must agree"
+            )
         scaled = scaled_lr_list(state.get(key), group_scales, degree)
         if scaled is not None:
             out[key] = scaled

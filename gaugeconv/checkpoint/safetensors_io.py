@@ -1,45 +1,38 @@
-"""Streaming rescaling of safetensors files, tensor by tensor, without decoding unscaled ones.
+"""safetensors headers: strict parsing (every field type-checked) and writing.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header (dtype, shape and
 byte range of every tensor, plus optional ``__metadata__``) and the raw bytes. A gauge change
-keeps every dtype and shape, so the output header is the input header byte for byte (metadata
-kept) and every tensor keeps its byte range: unscaled tensors are copied as raw bytes, scaled
-ones are decoded in chunks of at most 2**20 entries (reused buffers), multiplied in float64 and
-rounded once to their dtype (directly for powers of two, where that is exact) and written. Peak
-memory is a few chunk buffers, whatever the model's size.
+keeps every dtype and shape, so the output header of a safetensors SRC is its input header
+byte for byte; a ``pytorch_model.bin`` SRC gets a header written here. The parser accepts
+exactly what the format allows and names the file and the field of anything else, so that a
+malformed file is an error before anything is written, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
-import warnings
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from ..errors import GaugeError
-from ..tensor_ops import is_power_of_two
 
-__all__ = ["TensorEntry", "read_header", "rescale_file", "DTYPES", "CheckpointError"]
+__all__ = ["TensorEntry", "Header", "read_header", "header_bytes", "DTYPES", "SCALABLE",
+           "CheckpointError"]
 
 
 class CheckpointError(GaugeError):
-    """A corrupt, truncated or mismatched checkpoint."""
+    """A corrupt, truncated, mismatched or unsafe checkpoint."""
 
 
-DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2), "I8": (torch.int8, 1), "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1), "F8_E4M3": (torch.float8_e4m3fn, 1), "F8_E5M2": (torch.float8_e5m2, 1),
+# safetensors dtype -> bytes per entry
+DTYPES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+    "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }
 SCALABLE = ("F64", "F32", "F16", "BF16")
-CHUNK = 1 << 20
 _MAX_HEADER = 100 << 20
 
 
@@ -68,147 +61,121 @@ class Header:
     size: int
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _parse_entry(where: str, name: str, info: Any, base: int) -> TensorEntry:
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: tensor {name!r} is a {type(info).__name__}, not an object")
+    missing = {"dtype", "shape", "data_offsets"} - set(info)
+    if missing:
+        raise CheckpointError(f"{where}: tensor {name!r} lacks {sorted(missing)}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CheckpointError(f"{where}: tensor {name!r} has dtype {dtype!r}, not one of "
+                              f"{sorted(DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        raise CheckpointError(f"{where}: tensor {name!r} has shape {shape!r}, not a list of "
+                              "non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise CheckpointError(f"{where}: tensor {name!r} has data_offsets {offsets!r}, not two "
+                              "non-negative integers")
+    a, b = offsets
+    entry = TensorEntry(name, dtype, tuple(shape), base + a, base + b)
+    need = entry.numel * DTYPES[dtype]
+    if b < a or b - a != need:
+        raise CheckpointError(
+            f"{where}: the header lies about {name!r}: {dtype} {list(shape)} needs {need} bytes, "
+            f"its range holds {b - a}"
+        )
+    return entry
+
+
 def read_header(path: str | Path) -> Header:
     """Parse and validate a safetensors header against the file's actual size."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"missing shard {path.name} (looked in {path.parent})")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(8)
+    where = path.name
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise CheckpointError(f"missing shard {path.name} (looked in {path.parent})") from None
+    try:
+        size = os.fstat(fd).st_size
+        prefix = os.pread(fd, 8, 0)
         if len(prefix) < 8:
-            raise CheckpointError(f"{path.name} is truncated: {size} bytes, no header")
+            raise CheckpointError(f"{where} is truncated: {size} bytes, no header")
         (n,) = struct.unpack("<Q", prefix)
         if n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path.name}: header claims {n} bytes, the file has {size}")
-        raw_json = f.read(n)
+            raise CheckpointError(f"{where}: header claims {n} bytes, the file has {size}")
+        raw_json = os.pread(fd, n, 8)
+    finally:
+        os.close(fd)
     try:
-        header = json.loads(raw_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path.name}: the header is not valid JSON ({err})") from None
+        header = json.loads(raw_json.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                            parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{where}: the header is not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{where}: the header is nested too deeply to be a header") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name}: the header is not a JSON object")
+        raise CheckpointError(f"{where}: the header is a {type(header).__name__}, not an object")
     metadata = header.pop("__metadata__", None)
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or not all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise CheckpointError(f"{where}: __metadata__ must map strings to strings, not "
+                              f"{str(metadata)[:80]}")
     base = 8 + n
-    entries = []
-    for name, info in header.items():
-        try:
-            dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path.name}: malformed header entry for {name!r}") from None
-        if dtype not in DTYPES:
-            raise CheckpointError(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}")
-        entry = TensorEntry(name, dtype, shape, base + a, base + b)
-        if b < a or entry.end - entry.start != entry.numel * DTYPES[dtype][1]:
-            raise CheckpointError(
-                f"{path.name}: the header lies about {name!r}: {dtype} {list(shape)} needs "
-                f"{entry.numel * DTYPES[dtype][1]} bytes, its range holds {b - a}"
-            )
-        entries.append(entry)
-    entries.sort(key=lambda e: e.start)
+    entries = sorted((_parse_entry(where, k, v, base) for k, v in header.items()),
+                     key=lambda e: (e.start, e.end))
     cursor = base
     for e in entries:
         if e.start != cursor:
-            raise CheckpointError(f"{path.name}: tensor {e.name!r} overlaps or leaves a gap")
+            raise CheckpointError(f"{where}: tensor {e.name!r} overlaps or leaves a gap")
         cursor = e.end
     if cursor != size:
         raise CheckpointError(
-            f"{path.name} is truncated or padded: the header describes {cursor} bytes, the file "
+            f"{where} is truncated or padded: the header describes {cursor} bytes, the file "
             f"has {size}"
         )
     return Header(path, prefix + raw_json, entries, metadata, size)
 
 
-def rescale_file(
-    header: Header,
-    factors: Mapping[str, float],
-    out_path: Path,
-    progress: Callable[[int], None] = lambda n: None,
-) -> dict[str, float]:
-    """Write header.path to out_path with tensor t multiplied by factors.get(t, 1).
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
-    Returns, per scaled tensor, the largest relative round-trip error |y/f - x| / max|x|.
+
+def header_bytes(tensors: list[tuple[str, str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None) -> tuple[bytes, list[TensorEntry]]:
+    """A safetensors header for (name, dtype, shape) laid out in that order.
+
+    Returns the header (length prefix, JSON padded with spaces to 8 bytes) and the entries
+    with their absolute byte ranges.
     """
-    errors: dict[str, float] = {}
-    with open(header.path, "rb") as fin, open(out_path, "wb") as fout:
-        fout.write(header.raw)
-        progress(len(header.raw))
-        if header.size == len(header.raw):
-            return errors
-        buffers = _Buffers()
-        with mmap.mmap(fin.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                for e in header.entries:
-                    f = float(factors.get(e.name, 1.0))
-                    if f == 1.0:
-                        _copy_raw(view, e, fout, progress)
-                    else:
-                        errors[e.name] = _scale_entry(view, e, f, fout, progress, buffers)
-                    _release(mm, e.end)
-            finally:
-                view.release()
-        fout.flush()
-        os.fsync(fout.fileno())
-    return errors
-
-
-def _release(mm: mmap.mmap, upto: int) -> None:
-    """Drop the mapped pages already consumed, so resident memory stays at a chunk or so.
-
-    The pages are clean and file-backed: the kernel keeps them in its page cache, the process
-    just stops holding them (without this, RSS grows to the size of the file).
-    """
-    if hasattr(mmap, "MADV_DONTNEED"):
-        end = upto - upto % mmap.PAGESIZE
-        if end > 0:
-            mm.madvise(mmap.MADV_DONTNEED, 0, end)
-
-
-def _copy_raw(view: memoryview, e: TensorEntry, fout, progress) -> None:
-    step = CHUNK * 4
-    for a in range(e.start, e.end, step):
-        b = min(a + step, e.end)
-        fout.write(view[a:b])
-        progress(b - a)
-
-
-class _Buffers:
-    """Chunk buffers reused across tensors: a float64 work area and one per output dtype."""
-
-    def __init__(self) -> None:
-        self.work = torch.empty(CHUNK, dtype=torch.float64)
-        self.out: dict[torch.dtype, torch.Tensor] = {}
-
-    def output(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype not in self.out:
-            self.out[dtype] = torch.empty(CHUNK, dtype=dtype)
-        return self.out[dtype]
-
-
-def _scale_entry(view, e: TensorEntry, factor: float, fout, progress, buffers: _Buffers) -> float:
-    if e.dtype not in SCALABLE:
-        raise CheckpointError(f"tensor {e.name!r} has dtype {e.dtype}, which cannot be rescaled")
-    dtype, width = DTYPES[e.dtype]
-    exact = is_power_of_two(factor)
-    worst, scale = 0.0, 0.0
-    step = CHUNK * width
-    for a in range(e.start, e.end, step):
-        b = min(a + step, e.end)
-        with warnings.catch_warnings():  # the mmap is read-only; x is only read
-            warnings.simplefilter("ignore", UserWarning)
-            x = torch.frombuffer(view[a:b], dtype=dtype)
-        n = x.numel()
-        work, y = buffers.work[:n], buffers.output(dtype)[:n]
-        if exact:  # scaling by 2**k commutes with rounding: no need to go through float64
-            torch.mul(x, factor, out=y)
-        else:
-            work.copy_(x).mul_(factor)
-            y.copy_(work)
-            work.copy_(y).div_(factor).sub_(x)
-            worst = max(worst, work.abs().max().item())
-            scale = max(scale, x.abs().max().item())
-        fout.write((y.view(torch.int16) if dtype == torch.bfloat16 else y).numpy())
-        progress(b - a)
-        del x
-    return worst / scale if scale > 0 else 0.0
+    body: dict[str, Any] = {}
+    if metadata is not None:
+        body["__metadata__"] = metadata
+    offset, layout = 0, []
+    for name, dtype, shape in tensors:
+        n = DTYPES[dtype]
+        for d in shape:
+            n *= d
+        body[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        layout.append((name, dtype, tuple(shape), offset, offset + n))
+        offset += n
+    text = json.dumps(body, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    base = 8 + len(text)
+    entries = [TensorEntry(nm, dt, sh, base + a, base + b) for nm, dt, sh, a, b in layout]
+    return struct.pack("<Q", len(text)) + text, entries

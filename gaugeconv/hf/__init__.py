@@ -11,7 +11,19 @@ from .model import (
     initialize,
 )
 from .roles import infer_specs
-from .trainer import GaugeOptimizerFactory, GaugeTrainer, optimizer_cls_and_kwargs
+
+# The Trainer integration imports transformers.Trainer (and with it peft, accelerate...): ~70%
+# of the import time of this package. It is loaded on first use, so that `gaugeconv convert`
+# and `gaugeconv roles` do not pay for it.
+_TRAINER_NAMES = ("GaugeOptimizerFactory", "GaugeTrainer", "optimizer_cls_and_kwargs")
+
+
+def __getattr__(name: str):
+    if name in _TRAINER_NAMES:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "GaugeConfig", "apply_gauge", "convert_gauge", "describe_roles", "from_pretrained",

@@ -1,0 +1,161 @@
+"""SRC entries that are not plain data, and Trainer files that do not fit together."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from tests.adversarial.helpers import assert_refused
+
+ARGS = ["--to", "mup", "-r", "0.5", "--json"]
+
+
+def _fifo(src):
+    os.mkfifo(src / "tokenizer.json")
+
+
+def _fifo_weights(src):
+    (src / "model.safetensors").unlink()
+    os.mkfifo(src / "model.safetensors")
+
+
+def _fifo_deep(src):
+    (src / "sub").mkdir()
+    os.mkfifo(src / "sub" / "pipe")
+
+
+def _socket(src):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(src / "sock"))
+    s.close()
+
+
+def _dangling(src):
+    os.symlink(src / "nowhere.json", src / "tokenizer.json")
+
+
+def _dangling_weights(src):
+    (src / "model.safetensors").unlink()
+    os.symlink("missing-blob", src / "model.safetensors")
+
+
+def _file_loop(src):
+    os.symlink("b.json", src / "a.json")
+    os.symlink("a.json", src / "b.json")
+
+
+def _dir_loop(src):
+    (src / "sub").mkdir()
+    os.symlink("..", src / "sub" / "up")
+
+
+def _self_loop(src):
+    os.symlink(".", src / "here")
+
+
+def _device(src):
+    os.symlink("/dev/null", src / "null")
+
+
+SPECIAL = {
+    "fifo": (_fifo, "FIFO"), "fifo-weights": (_fifo_weights, "FIFO"),
+    "fifo-in-subfolder": (_fifo_deep, "FIFO"), "socket": (_socket, "socket"),
+    "dangling-link": (_dangling, "dangling symbolic link"),
+    "dangling-weights": (_dangling_weights, "dangling symbolic link"),
+    "file-link-loop": (_file_loop, "symbolic link loop"),
+    "folder-link-loop": (_dir_loop, "symbolic link loop"),
+    "self-link": (_self_loop, "symbolic link loop"),
+    "device": (_device, "character device"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECIAL))
+def test_special_entries_in_src(make_src, tmp_path, capsys, case):
+    edit, match = SPECIAL[case]
+    src = make_src()
+    edit(src)
+    assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *ARGS], match)
+
+
+def _groups(names):
+    return [{"params": [i], "param_names": [n], "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+             "weight_decay": 0.0, "amsgrad": False, "maximize": False, "foreach": None,
+             "capturable": False, "differentiable": False, "fused": None,
+             "decoupled_weight_decay": True} for i, n in enumerate(names)]
+
+
+def _names(src):
+    from safetensors import safe_open
+
+    with safe_open(src / "model.safetensors", "pt") as f:
+        return sorted(f.keys())
+
+
+def _opt(src, state=None):
+    torch.save(state if state is not None else {"state": {}, "param_groups": _groups(_names(src))},
+               src / "optimizer.pt")
+
+
+TRAINER = {
+    "optimizer-a-folder": (lambda s: (s / "optimizer.pt").mkdir(), "is a folder"),
+    "scheduler-a-folder": (lambda s: (_opt(s), (s / "scheduler.pt").mkdir()), "is a folder"),
+    "scheduler-without-optimizer": (lambda s: torch.save({"base_lrs": [1.0]}, s / "scheduler.pt"),
+                                    "no optimizer.pt"),
+    "base-lrs-length": (lambda s: (_opt(s), torch.save({"base_lrs": [1e-3], "_last_lr": [1e-3]},
+                                                       s / "scheduler.pt")), "base_lrs has 1"),
+    "base-lrs-not-list": (lambda s: (_opt(s), torch.save({"base_lrs": 0.1}, s / "scheduler.pt")),
+                          "base_lrs"),
+    "scheduler-a-list": (lambda s: (_opt(s), torch.save([1, 2], s / "scheduler.pt")),
+                         "not a state dict"),
+    "optimizer-garbage": (lambda s: (s / "optimizer.pt").write_bytes(b"\x80\x04garbage"),
+                          "weights_only=True"),
+    "optimizer-a-list": (lambda s: _opt(s, [1, 2]), "not an optimizer state_dict"),
+    "optimizer-no-groups": (lambda s: _opt(s, {"state": {}, "param_groups": []}),
+                            "no parameter groups"),
+    "optimizer-group-not-dict": (lambda s: _opt(s, {"state": {}, "param_groups": [3]}),
+                                 "not a parameter group"),
+    "optimizer-names-not-strings": (lambda s: _opt(s, {"state": {}, "param_groups": [
+        {"params": [0], "param_names": [7]}]}), "param_names"),
+    "optimizer-unknown-tensor": (lambda s: _opt(s, {"state": {}, "param_groups": _groups(
+        ["not.a.tensor"])}), "names tensors the model lacks"),
+    "optimizer-pickle-object": (lambda s: torch.save({"state": {}, "x": object()},
+                                                     s / "optimizer.pt"), "weights_only=True"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINER))
+def test_bad_trainer_files(make_src, tmp_path, capsys, case):
+    edit, match = TRAINER[case]
+    src = make_src()
+    edit(src)
+    assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *ARGS], match)
+
+
+@pytest.mark.parametrize("base,to,value", [("gpt2-mup", ["stp"], 60000.0),
+                                           ("gpt2", ["mup", "-r", "0.5"], 1e-7)])
+def test_optimizer_state_out_of_range_is_refused(make_src, tmp_path, capsys, base, to, value):
+    """A float16 exp_avg_sq moved by s**-2 = 2**16 (muP -> STP for c_proj) overflows; moved by
+    2**-16 (STP -> muP) a tiny one flushes to zero."""
+    from tests.adversarial.helpers import run
+
+    src = make_src(base)
+    names = _names(src)
+    i = names.index("transformer.h.0.mlp.c_proj.weight")
+    shape = (256, 64)
+    sq = torch.full(shape, value, dtype=torch.float16)
+    state = {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(shape, dtype=torch.float16),
+                 "exp_avg_sq": sq}}
+    _opt(src, {"state": state, "param_groups": _groups(names)})
+    args = ["--to", *to, "--json"]
+    err = assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *args],
+                         "optimizer.pt entry")
+    assert "exp_avg_sq" in err and "--allow-lossy" in err
+    # the controls: ordinary values convert; --allow-lossy lets the extreme ones through
+    code, out, _ = run(capsys, "convert", src, tmp_path / "lossy", *args, "--allow-lossy")
+    report = json.loads(out)
+    assert code == 0 and not report["lossless"] and "exp_avg_sq" in report["optimizer_lossy"][0]
+    sq.fill_(0.5)
+    _opt(src, {"state": state, "param_groups": _groups(names)})
+    assert run(capsys, "convert", src, tmp_path / "ok", *args)[0] == 0
