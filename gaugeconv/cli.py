@@ -295,6 +295,9 @@ def _add_convert(sub: Any) -> None:
                    "when scaled (reported; lossless is then false)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads that write DST (default: the CPU count, at most 8)")
+    p.add_argument("--allow-unusual-roles", action="store_true",
+                   help="confirm roles with no readout, no hidden tensor or only fixed tensors "
+                   "(a headless encoder such as BertModel), refused otherwise; for a plain SRC")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_convert)
 
@@ -316,6 +319,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             optimizer=args.optimizer, tied_role=args.tied_role, exact=args.exact,
             snap_pow2=args.snap_pow2, overwrite=args.overwrite, progress=not args.json,
             allow_lossy=args.allow_lossy, workers=args.workers,
+            allow_unusual_roles=args.allow_unusual_roles,
         )
     except OSError as err:  # a full or read-only disk, a permission: the real error, one line
         raise GaugeError(str(err)) from None

@@ -301,6 +301,7 @@ def convert_checkpoint(
     optimizer_rule: Any = None,
     allow_lossy: bool = False,
     workers: int | None = None,
+    allow_unusual_roles: bool = False,
 ) -> ConvertReport:
     """Convert a saved model or Trainer checkpoint folder to gauge ``to``; see the module doc."""
     start = time.perf_counter()
@@ -327,7 +328,8 @@ def convert_checkpoint(
     from ..hf.model import gauge_entry, get_gauged
 
     plain = GaugeConfig(richness=richness, gauge="stp", gamma=gamma, optimizer=optimizer,
-                        tied_role=tied_role) if richness is not None else None
+                        tied_role=tied_role, allow_unusual_roles=allow_unusual_roles,
+                        ) if richness is not None else None
     raw_config = read_config(src_path)
     model = meta_model(src_path, plain)
     src_cfg = GaugeConfig.from_dict(getattr(model.config, CONFIG_KEY))

@@ -77,7 +77,10 @@ def test_sentence_embedding_bert_without_prefix(bases, tmp_path, capsys):
     assert not any(k.startswith("bert.") for k in load_file(src / FILE))
     (src / "1_Pooling").mkdir()
     (src / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
-    report = _convert(capsys, src, tmp_path / "out")
+    # a headless encoder has no readout: refused unless confirmed (issue 9's sanity verdict)
+    code, _, err = run(capsys, "convert", src, tmp_path / "out", "--to", "mup", "-r", "0.5")
+    assert code == 2 and "no readout tensor" in err and not (tmp_path / "out").exists()
+    report = _convert(capsys, src, tmp_path / "out", "--allow-unusual-roles")
     assert report["ignored"] == ["embeddings.position_ids"] and report["model"] == "BertModel"
     assert (tmp_path / "out" / "1_Pooling" / "config.json").read_text() == \
         '{"pooling_mode_mean_tokens": true}'
