@@ -1,4 +1,4 @@
-"""GaugedModel: a torch module together with its parameterization and multiplier hooks.
+"""GaugedModel: a torch module together with its parameterization and its multipliers.
 
 The handle does not wrap the module: the user keeps calling the module itself, whose state-dict
 keys and forward are untouched. The handle initialises it per the gauge's init table, builds
@@ -8,6 +8,7 @@ per-tensor optimizer groups and converts it (with its optimizer) to another gaug
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from .errors import GaugeError, UnsupportedOptimizerError
 from .gauges import Gauge
-from .multipliers import MultiplierHooks
+from .multipliers import Multipliers, unfold
 from .optim_rules import DEFAULT_REGISTRY, LR_KEYS, OptimizerRegistry, OptimizerRule
 from .plan import Parameterization, TensorPlan, check_covers
 
@@ -76,7 +77,8 @@ class GaugedModel:
         self.parameterization = parameterization
         self.registry = registry
         self.uses = tensor_uses(module)
-        self.hooks = MultiplierHooks(module, self.use_multipliers())
+        self.hooks = Multipliers(module, self.use_multipliers())  # name kept from 0.1
+        self._float16_warned = False
 
     def __repr__(self) -> str:
         return f"GaugedModel({type(self.module).__name__}, {self.parameterization!r})"
@@ -205,6 +207,7 @@ class GaugedModel:
         HF Trainer, LR monitors) shows eta times the schedule.
         """
         cls = optimizer_class(optimizer)
+        self.check_float16()
         groups = self.param_groups(lr, cls, no_decay=no_decay, rule=rule, **hyper)
         groups = [g for g in groups if g["params"][0].requires_grad]
         if base_lr_group:
@@ -214,6 +217,31 @@ class GaugedModel:
         defaults = {k: v for k, v in hyper.items() if k not in scaled}
         return cls(groups, lr=float(lr), **defaults)
 
+    def check_float16(self) -> None:
+        """Warn (once per model) when float16 tensors carry multipliers far from 1.
+
+        The stored gradient is m times the effective one (THEORY.md section 4), so with m = 1/64
+        it sits 6 binades lower and float16's narrow range (normal numbers down to 6e-5)
+        flushes many entries to zero; m far above 1 overflows instead. The STP gauge (m = 1)
+        keeps stored gradients at their effective size.
+        """
+        if self._float16_warned:
+            return
+        m = self.multipliers
+        far = [(m[n], n) for n, p in self.module.named_parameters()
+               if p.dtype == torch.float16 and not 1 / 8 <= m[n] <= 8]
+        if not far:
+            return
+        self._float16_warned = True
+        low, name = min(far)
+        warnings.warn(
+            f"{len(far)} float16 tensor(s) carry multipliers far from 1 in the "
+            f"{self.gauge.name} gauge (m = {low:.3g} at {name!r}): their stored gradients are "
+            "m times the effective ones and underflow (or overflow) float16; the STP gauge "
+            "(m = 1) avoids it, as do bfloat16 or float32 weights with mixed precision",
+            stacklevel=3,
+        )
+
     # -- conversion ------------------------------------------------------------------------
     def convert(self, to: Gauge | str | Parameterization, optimizer=None, schedulers=(), rule=None):
         """Move the model (and optimizer, schedulers) to another gauge in place; see convert()."""
@@ -221,8 +249,25 @@ class GaugedModel:
 
         return convert(self, to, optimizer=optimizer, schedulers=schedulers, rule=rule)
 
+    @torch.no_grad()
+    def set_from_effective(self, parameterization: Parameterization) -> None:
+        """Take the module's current tensors as effective ones and put it into ``parameterization``.
+
+        Every stored tensor becomes w = W / m, chosen so that the forward product m * w is W bit
+        for bit (``multipliers.unfold``): the module computes exactly the function it computed
+        before. Used to put a plain (STP) model or an effective-tensor checkpoint into a gauge.
+        """
+        if self.parameterization.multipliers != {n: 1.0 for n in self.plans}:
+            raise GaugeError("set_from_effective needs a module whose multipliers are all 1")
+        m = parameterization.multipliers
+        for name, p in self.module.named_parameters():
+            if m[name] != 1.0:
+                p.copy_(unfold(p.detach(), m[name]))
+        self.parameterization = parameterization
+        self.hooks.set(self.use_multipliers(parameterization))
+
     def remove(self) -> None:
-        """Detach the hooks (the module then computes with its stored tensors)."""
+        """Take the multipliers off (the module then computes with its stored tensors)."""
         self.hooks.remove()
 
 

@@ -25,7 +25,7 @@ from ..errors import GaugeError
 from ..gauges import Custom, resolve_point
 from ..hf.config import CONFIG_KEY, GaugeConfig
 from ..hf.inspect import meta_model
-from ..hf.model import gauge_entry, gauge_of, get_gauged
+from ..hf.model import gauge_entry, gauge_of, get_gauged, weights_are_effective
 from ..optim_rules import OptimizerRule
 from ..tensor_ops import is_power_of_two
 from .optimizer_files import convert_optimizer_state, convert_scheduler_state, load_trusted
@@ -190,7 +190,12 @@ def convert_checkpoint(
     files, weight_map = _shard_files(src)
     headers = [read_header(f) for f in files]
     entries = _check_tensors(headers, weight_map, model)
-    factors = {u: 1.0 / scales[s] for u, s in gauged.uses.items() if u in entries}
+    # format-2 folders (save_pretrained of a gauged model) hold effective tensors: only the
+    # gauge entry and the optimizer state move; format 1 holds the stored tensors of the gauge
+    effective = weights_are_effective(json.loads((src / "config.json").read_text()).get(CONFIG_KEY))
+    effective = effective and CONFIG_KEY in json.loads((src / "config.json").read_text())
+    factors = {u: 1.0 if effective else 1.0 / scales[s]
+               for u, s in gauged.uses.items() if u in entries}
     for name, f in factors.items():
         if f != 1.0 and entries[name].dtype not in SCALABLE:
             raise CheckpointError(f"tensor {name!r} ({entries[name].dtype}) cannot be rescaled")
@@ -211,7 +216,7 @@ def convert_checkpoint(
                 load_trusted(src / "scheduler.pt"), group_scales, rule.degree
             )
     new_config = json.loads((src / "config.json").read_text())
-    new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target)
+    new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target, effective_weights=effective)
 
     # 2. write beside DST, verify, rename into place
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _HANDLE = "_gaugeconv"
+STORED_WEIGHTS, EFFECTIVE_WEIGHTS = 1, 2  # format_version of a config.json gauge entry
 
 
 def get_gauged(model: nn.Module) -> GaugedModel:
@@ -81,9 +82,24 @@ def _parameterization(
     )
 
 
-def gauge_entry(config: GaugeConfig, param: Parameterization) -> dict[str, Any]:
-    """The config.json entry of a model in ``param``: the config with width and multipliers."""
-    return config.replace(width=param.width, multipliers=param.multipliers).to_dict()
+def gauge_entry(
+    config: GaugeConfig, param: Parameterization, effective_weights: bool = False
+) -> dict[str, Any]:
+    """The config.json entry of a model in ``param``: the config with width and multipliers.
+
+    ``format_version`` says what the weights beside it are: 1, the stored tensors of the
+    recorded gauge (what ``gaugeconv convert`` writes); 2, effective tensors (what a gauged
+    model's ``state_dict`` and ``save_pretrained`` write: a plain checkpoint of the same
+    function, the entry only says which gauge to put it back in).
+    """
+    entry = config.replace(width=param.width, multipliers=param.multipliers).to_dict()
+    entry["format_version"] = EFFECTIVE_WEIGHTS if effective_weights else STORED_WEIGHTS
+    return entry
+
+
+def weights_are_effective(entry: Mapping[str, Any] | None) -> bool:
+    """Whether the weights beside a config.json gauge entry are effective tensors (format 2)."""
+    return not entry or int(entry.get("format_version", STORED_WEIGHTS)) >= EFFECTIVE_WEIGHTS
 
 
 def gauge_of(config: GaugeConfig) -> Gauge:
@@ -92,7 +108,7 @@ def gauge_of(config: GaugeConfig) -> Gauge:
 
 
 def _record(model: nn.Module, config: GaugeConfig, param: Parameterization) -> None:
-    setattr(model.config, CONFIG_KEY, gauge_entry(config, param))
+    setattr(model.config, CONFIG_KEY, gauge_entry(config, param, effective_weights=True))
 
 
 def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
@@ -136,16 +152,23 @@ def apply_gauge(
     if _HANDLE in model.__dict__:
         raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
     recorded = gauge_config_of(model)
-    source = recorded or config.replace(gauge="stp", multipliers=None)
     if recorded is not None:
         _same_axis(recorded, config)
+    # weights as found: effective (a plain model, or loaded from a format-2 save) or the stored
+    # tensors of the recorded gauge (format 1, written by `gaugeconv convert`)
+    effective = weights_are_effective(getattr(model.config, CONFIG_KEY, None))
+    stp = (recorded or config).replace(gauge="stp", multipliers=None)
+    source = stp if effective else recorded
     infos = infer_specs(model, source, module_axes)
     start = _parameterization(model, source, infos, _gauge(source))
     if recorded is not None:
-        _check_recorded(recorded, start)
+        _check_recorded(recorded, _parameterization(model, recorded, infos, _gauge(recorded)))
     gauged = GaugedModel(model, start)
     target = _parameterization(model, config, infos, _gauge(config))
-    gauged.convert(target)
+    if effective:
+        gauged.set_from_effective(target)  # forward bit-identical to the plain model
+    else:
+        gauged.convert(target)
     model.__dict__[_HANDLE] = gauged
     model.__dict__["_gaugeconv_roles"] = infos
     _record(model, config, target)

@@ -153,7 +153,7 @@ def infer_specs(
     by_stored: dict[str, list[str]] = {}
     for use, stored in uses.items():
         by_stored.setdefault(stored, []).append(use)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))  # a block registered twice
     params = dict(model.named_parameters())
     out: dict[str, TensorRoleInfo] = {}
     missing = []

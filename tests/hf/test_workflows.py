@@ -1,0 +1,283 @@
+"""Issue 8: multipliers are never silently lost, in the set-ups where 0.1's hooks lost them.
+
+Each test reproduces one numbered case of the issue (compile, direct weight reads, peft,
+interrupts, plain loaders, offload, float16, shared blocks, FSDP2), asserts the function
+(outputs, losses, gradients) and keeps a negative control beside it showing that the check
+could fail: what the model computes when the multipliers are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+
+import gaugeconv.hf as gh
+from gaugeconv import Custom, GaugeError
+from tests.hf.tiny import VOCAB, batch, default_dtype
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MUP = gh.GaugeConfig(richness=0.5, gauge="mup")
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def llama(width=32, layers=1, seed=0, dtype=torch.float32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                      max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(cfg).to(dtype)
+
+
+def without_multipliers(model):
+    """Negative control: the gauged model's stored tensors in a plain model (m dropped)."""
+    plain = llama() if type(model.model).__name__ == "LlamaModel" else None
+    stored = {k: p.detach() for k, p in model.named_parameters(remove_duplicate=False)}
+    plain.load_state_dict(stored, strict=False)
+    return plain
+
+
+X = batch("llama")
+
+
+# -- 1. torch.compile ------------------------------------------------------------------------
+def test_compile_in_both_orders_and_after_a_live_conversion():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    plain = llama()
+    ref = plain(**X).loss
+    mup = gh.apply_gauge(llama(), MUP)
+    assert rel(mup(**X).loss, ref) < 1e-6  # same function, eager
+    dropped = without_multipliers(mup)(**X).loss
+    assert rel(dropped, ref) > 0.5  # negative control: the loss without multipliers
+    # plain first, then muP of the same class (0.1: the muP model reused the plain graph)
+    assert torch.equal(torch.compile(plain, backend=counter)(**X).loss, ref)
+    assert torch.equal(torch.compile(mup, backend=counter)(**X).loss, mup(**X).loss)
+    assert counter.frame_count == 2
+    # muP first, then a plain model and an STP-gauge model of the same class
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    assert torch.equal(torch.compile(mup, backend=counter)(**X).loss, mup(**X).loss)
+    assert torch.equal(torch.compile(plain, backend=counter)(**X).loss, ref)
+    stp = gh.apply_gauge(llama(), gh.GaugeConfig(richness=0.5, gauge="stp"))
+    compiled = torch.compile(stp, backend=counter)
+    assert torch.equal(compiled(**X).loss, ref)
+    assert counter.frame_count == 2  # STP gauge: the plain model's classes and graph
+    # a live conversion of a compiled model: dynamo guards on the class and on m: it recompiles
+    gh.convert_gauge(stp, "mup")
+    assert rel(compiled(**X).loss, ref) < 1e-6
+    assert counter.frame_count == 3
+    # no graph break added by gaugeconv
+    explained = torch._dynamo.explain(mup)(**X)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
+def test_compiled_training_step_and_gauge_trainer(tmp_path):
+    from tests.hf.tiny import Stream, losses, training_args
+
+    torch._dynamo.reset()
+    plain = llama()
+    torch.compile(plain, backend="aot_eager")(**X).loss.backward()  # a hook-free graph first
+    from torch._dynamo.utils import counters
+
+    runs = {}
+    graphs = counters["stats"]["unique_graphs"]
+    for compile_ in (False, True):
+        model = gh.apply_gauge(llama(), MUP)
+        args = training_args(str(tmp_path / str(compile_)), "adamw", 4, torch_compile=compile_,
+                             torch_compile_backend="aot_eager", max_grad_norm=0)
+        trainer = gh.GaugeTrainer(model=model, args=args, train_dataset=Stream("llama"))
+        trainer.train()
+        runs[compile_] = torch.tensor(losses(trainer))
+    assert counters["stats"]["unique_graphs"] > graphs  # the Trainer did compile
+    assert rel(runs[True], runs[False]) < 1e-5
+    assert (runs[False][0] - runs[False][-1]).abs() > 1e-3  # it trained
+
+
+# -- 2. weights read outside their module's call ---------------------------------------------
+def direct_read_model(name):
+    import transformers as T
+
+    torch.manual_seed(0)
+    if name == "mamba":
+        cfg = T.MambaConfig(vocab_size=VOCAB, hidden_size=32, state_size=4, num_hidden_layers=1,
+                            expand=2, conv_kernel=3, time_step_rank=8, use_mambapy=False)
+        return T.MambaForCausalLM(cfg)
+    if name == "mamba2":
+        cfg = T.Mamba2Config(vocab_size=VOCAB, hidden_size=32, state_size=4, num_hidden_layers=1,
+                             expand=2, conv_kernel=3, n_groups=1, num_heads=8, head_dim=8,
+                             chunk_size=4)
+        return T.Mamba2ForCausalLM(cfg)
+    if name == "mobilebert":
+        cfg = T.MobileBertConfig(vocab_size=VOCAB, hidden_size=32, embedding_size=16,
+                                 intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 intra_bottleneck_size=16, true_hidden_size=16,
+                                 num_feedforward_networks=1, max_position_embeddings=32,
+                                 hidden_dropout_prob=0, attention_probs_dropout_prob=0)
+        return T.MobileBertForMaskedLM(cfg)
+    cfg = T.DebertaV2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=32,
+                            relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"],
+                            hidden_dropout_prob=0, attention_probs_dropout_prob=0)
+    model = T.DebertaV2ForMaskedLM(cfg)
+    with torch.no_grad():  # relative positions that matter at init
+        model.deberta.encoder.rel_embeddings.weight.normal_()
+    return model
+
+
+# the tensor each architecture reads outside its module's call (0.1 lost its multiplier)
+DIRECT = {
+    "mamba": "backbone.layers.0.mixer.dt_proj.weight",
+    "mamba2": "backbone.layers.0.mixer.conv1d.weight",
+    "mobilebert": "cls.predictions.transform.dense.weight",  # concatenated with decoder.weight.t()
+    "deberta": "deberta.encoder.rel_embeddings.weight",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIRECT))
+def test_direct_reads_see_the_multiplier(name):
+    ids = X["input_ids"][:2]
+    with default_dtype(torch.float64):
+        ref = direct_read_model(name).eval()(input_ids=ids).logits
+        cfg = MUP.replace(role_overrides={"*A_log": "readin"})  # Mamba's A_log: [channels, state]
+        model = gh.apply_gauge(direct_read_model(name).eval(), cfg)
+    out = model(input_ids=ids).logits
+    assert rel(out, ref) < 1e-13  # muP = STP (the plain model) to rounding
+    # the probe: double every multiplier and halve every stored tensor -> bit for bit the same
+    m = gh.get_gauged(model).multipliers
+    assert sum(v != 1.0 for v in m.values()) >= 4
+    gh.convert_gauge(model, Custom({k: 2 * v for k, v in m.items()}))
+    assert torch.equal(model(input_ids=ids).logits, out)
+    # negative control: the directly read tensor without its multiplier (0.1's failure)
+    module_path, _, attr = DIRECT[name].rpartition(".")
+    module = model.get_submodule(module_path)
+    module._gaugeconv_m[attr] /= 2
+    assert rel(model(input_ids=ids).logits, out) > 1e-9
+    module._gaugeconv_m[attr] *= 2
+    assert torch.equal(model(input_ids=ids).logits, out)
+
+
+# -- 4. interrupts -----------------------------------------------------------------------------
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_interrupt_inside_a_gauged_module_leaves_the_model_intact(tmp_path, error):
+    model = gh.apply_gauge(llama(), MUP)
+    ref = model(**X).loss
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def stop(module, args, output):
+        raise error()
+
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(stop)
+    with pytest.raises(error):
+        model(**X)
+    handle.remove()
+    assert torch.equal(model(**X).loss, ref)
+    model(**X).loss.backward()  # 0.1: "backward through the graph a second time"
+    assert all(p.grad is not None for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    model.save_pretrained(tmp_path / "m")
+    loaded = gh.from_pretrained(type(model), tmp_path / "m")
+    assert torch.equal(loaded(**X).loss, ref)
+    # negative control: the same model with its multipliers dropped
+    assert rel(without_multipliers(model)(**X).loss, ref) > 0.5
+
+
+# -- 8. a block registered twice; state_dict() inside a call ---------------------------------
+def test_shared_block_and_state_dict_inside_a_call():
+    plain = llama(layers=2)
+    plain.model.layers[1] = plain.model.layers[0]
+    ref = plain(**X).loss
+    model = llama(layers=2)
+    model.model.layers[1] = model.model.layers[0]
+    gh.apply_gauge(model, MUP)
+    assert rel(model(**X).loss, ref) < 1e-6
+    uses = gh.get_gauged(model).uses
+    assert uses["model.layers.1.mlp.up_proj.weight"] == "model.layers.0.mlp.up_proj.weight"
+    q = model.model.layers[0].self_attn.q_proj
+    seen = {}
+
+    def grab(module, args):
+        seen["sd"] = model.state_dict()  # inside the gauged module's call
+
+    handle = q.register_forward_pre_hook(grab)
+    model(**X)
+    handle.remove()
+    outside = model.state_dict()
+    assert all(torch.equal(seen["sd"][k], outside[k]) for k in outside)
+    # the state dict holds effective tensors: the plain model's, not the stored ones
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.allclose(outside[key], plain.state_dict()[key], rtol=1e-6, atol=0)
+    assert not torch.allclose(dict(model.named_parameters())[key], outside[key])  # control
+
+
+# -- 5. consumers that do not know gaugeconv -------------------------------------------------
+def test_plain_loaders_get_the_same_function(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = gh.apply_gauge(llama(), MUP)
+    ref = model(**X).loss
+    model.save_pretrained(tmp_path / "mup")
+    entry = json.loads((tmp_path / "mup" / "config.json").read_text())["gaugeconv"]
+    assert entry["gauge"] == "mup" and entry["format_version"] == 2
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "mup")
+    assert torch.equal(plain(**X).loss, ref)  # plain transformers: the same function
+    again = gh.from_pretrained(AutoModelForCausalLM, tmp_path / "mup")
+    assert torch.equal(again(**X).loss, ref)  # back in the gauge, bit for bit
+    assert gh.get_gauged(again).multipliers == gh.get_gauged(model).multipliers
+    # in memory, both ways
+    fresh = llama(seed=3)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh(**X).loss, ref)
+    other = gh.apply_gauge(llama(seed=5), MUP)
+    other.load_state_dict(plain.state_dict())
+    assert torch.equal(other(**X).loss, ref)
+    # negative control: the stored tensors, taken as a plain state dict, are another function
+    assert rel(without_multipliers(model)(**X).loss, ref) > 0.5
+
+
+# -- 6. accelerate offload ---------------------------------------------------------------------
+def test_accelerate_offload_is_refused_clearly_and_stp_offloads(tmp_path):
+    from accelerate import cpu_offload
+
+    model = gh.apply_gauge(llama(), MUP)
+    ref = model(**X).loss
+    other = gh.apply_gauge(llama(), MUP)
+    with pytest.raises(GaugeError, match="accelerate offload"):
+        cpu_offload(other, execution_device="cpu")
+    assert torch.equal(other(**X).loss, ref)  # refused at the first gauged module; same function
+    # for inference the gauge does not matter: STP gauge offloads with the same outputs
+    gh.convert_gauge(model, "stp")
+    cpu_offload(model, execution_device="cpu")
+    assert rel(model(**X).loss, ref) < 1e-6
+    assert next(model.parameters()).device.type == "meta"  # really offloaded
+
+
+# -- 7. pure float16 -----------------------------------------------------------------------------
+def test_float16_in_a_gauge_whose_gradients_underflow_warns():
+    counts = {}
+    for gauge in ("stp", "mup"):
+        model = gh.apply_gauge(llama(width=64), MUP.replace(gauge=gauge)).half()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gh.GaugeOptimizerFactory()(model, "adamw", lr=1e-3)
+            gh.GaugeOptimizerFactory()(model, "adamw", lr=1e-3)  # warns once per model
+        msgs = [str(w.message) for w in caught if "float16" in str(w.message)]
+        if gauge == "mup":
+            assert len(msgs) == 1 and "STP gauge" in msgs[0] and "underflow" in msgs[0], msgs
+        else:
+            assert msgs == []  # negative control
+        model(**X).loss.float().backward()
+        # the function: stored gradients are m * effective; count entries that flushed to zero
+        counts[gauge] = sum(int((p.grad == 0).sum()) for p in model.parameters())
+    assert counts["mup"] > counts["stp"]
