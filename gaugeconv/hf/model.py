@@ -24,6 +24,7 @@ from ..model import GaugedModel
 from ..plan import Parameterization
 from ..richness import Family, Richness
 from .config import CONFIG_KEY, GaugeConfig
+from .peft import drop_gauge, has_adapters, is_stale, lora_config, peft_inner
 from .roles import AxesRule, TensorRoleInfo, infer_specs, width_of
 
 __all__ = [
@@ -36,7 +37,14 @@ STORED_WEIGHTS, EFFECTIVE_WEIGHTS = 1, 2  # format_version of a config.json gaug
 
 
 def get_gauged(model: nn.Module) -> GaugedModel:
-    """The GaugedModel handle that apply_gauge attached to a model."""
+    """The GaugedModel handle that apply_gauge attached to a model (or to a PeftModel's)."""
+    model = peft_inner(model)
+    if is_stale(model):
+        raise GaugeError(
+            f"the tensors of {type(model).__name__} changed since apply_gauge (adapters added or "
+            "merged): call gh.apply_gauge(model, config) again (GaugeTrainer and the optimizer "
+            "factory do it for peft models)"
+        )
     handle = model.__dict__.get(_HANDLE)
     if handle is None:
         raise GaugeError(
@@ -147,11 +155,20 @@ def apply_gauge(
 ) -> nn.Module:
     """Put a PreTrainedModel into ``config``'s (richness, gauge), keeping its function exactly.
 
-    Returns the same model object (its class, forward and state-dict keys are unchanged).
+    Returns the same model object (its class, forward and state-dict keys are unchanged). A
+    PeftModel is gauged through its inner model; LoRA base layers get role "fixed" (hf/peft.py).
     """
+    outer, model = model, peft_inner(model)
+    lora = has_adapters(model)
+    if lora:
+        config = lora_config(config)
     if _HANDLE in model.__dict__:
-        raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
+        if not is_stale(model):
+            raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
+        drop_gauge(model)  # adapters were added since: fold (same function) and start again
     recorded = gauge_config_of(model)
+    if recorded is not None and lora:
+        recorded = lora_config(recorded)
     if recorded is not None:
         _same_axis(recorded, config)
     # weights as found: effective (a plain model, or loaded from a format-2 save) or the stored
@@ -172,7 +189,7 @@ def apply_gauge(
     model.__dict__[_HANDLE] = gauged
     model.__dict__["_gaugeconv_roles"] = infos
     _record(model, config, target)
-    return model
+    return outer
 
 
 def convert_gauge(
@@ -183,6 +200,7 @@ def convert_gauge(
 ) -> dict[str, float]:
     """Move a gauged model (and optimizer, schedulers) to another gauge; returns s per tensor."""
     gauged = get_gauged(model)
+    model = peft_inner(model)
     current = gauge_config_of(model)
     if isinstance(to, GaugeConfig):
         new_config = to
@@ -224,7 +242,7 @@ def from_pretrained(cls: Any, path: str, *args: Any, **kwargs: Any) -> nn.Module
 def describe_roles(model: nn.Module) -> list[dict[str, Any]]:
     """Per tensor: role, fan_in, uses, multiplier, lr factor, init std (for `gaugeconv roles`)."""
     gauged = get_gauged(model)
-    infos: Mapping[str, TensorRoleInfo] = model.__dict__["_gaugeconv_roles"]
+    infos: Mapping[str, TensorRoleInfo] = peft_inner(model).__dict__["_gaugeconv_roles"]
     rows = []
     for name, plan in gauged.plans.items():
         info = infos[name]

@@ -120,6 +120,9 @@ def _shapes_at_double_width(model: nn.Module) -> dict[str, tuple[int, ...]]:
                 f"could not build {type(model).__name__} at twice the width to infer roles "
                 f"({err}); give role_overrides for its tensors"
             ) from err
+        from .peft import adapters_like  # LoRA layers: the twin gets the same adapters
+
+        twin = adapters_like(model, twin)
     return {n: tuple(p.shape) for n, p in twin.named_parameters(remove_duplicate=False)}
 
 
@@ -169,7 +172,12 @@ def infer_specs(
                 per_use.append(None)
                 continue
             in_axes, out_axes = rule(attr, shape)
-            wide_shape = wide.get(use, shape)
+            if use not in wide:  # never a silent "fixed"
+                raise RoleError(
+                    f"{use} ({type(module).__name__}) has no counterpart in the model built at "
+                    "twice the width; declare its role with GaugeConfig(role_overrides=...)"
+                )
+            wide_shape = wide[use]
             in_grows = any(wide_shape[a] != shape[a] for a in in_axes)
             out_grows = any(wide_shape[a] != shape[a] for a in out_axes)
             fan_in = math.prod(shape[a] for a in in_axes) if in_axes else 1

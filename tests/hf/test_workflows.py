@@ -281,3 +281,66 @@ def test_float16_in_a_gauge_whose_gradients_underflow_warns():
         # the function: stored gradients are m * effective; count entries that flushed to zero
         counts[gauge] = sum(int((p.grad == 0).sum()) for p in model.parameters())
     assert counts["mup"] > counts["stp"]
+
+
+# -- 3. peft (LoRA) ------------------------------------------------------------------------------
+def lora_model(gauge, first="peft", seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], lora_alpha=8)
+    with default_dtype(torch.float64):
+        base = llama(seed=seed, dtype=torch.float64)
+        if first == "gauge":
+            return get_peft_model(gh.apply_gauge(base, MUP.replace(gauge=gauge)), cfg)
+        return gh.apply_gauge(get_peft_model(base, cfg), MUP.replace(gauge=gauge))
+
+
+def train_lora(tmp_path, model, tag, steps=4):
+    from tests.hf.tiny import Stream, loss_func, losses, training_args
+
+    with default_dtype(torch.float64):
+        args = training_args(str(tmp_path / tag), "adamw", steps, learning_rate=0.02)
+        trainer = gh.GaugeTrainer(model=model, args=args, train_dataset=Stream("llama"),
+                                  compute_loss_func=loss_func("llama"))
+        trainer.train()
+    return torch.tensor(losses(trainer), dtype=torch.float64), trainer
+
+
+def test_lora_roles_training_merge_save_and_load(tmp_path):
+    from peft import PeftModel
+
+    rows = {r["name"]: r for r in gh.describe_roles(lora_model("mup"))}
+    a = rows["model.layers.0.self_attn.q_proj.lora_A.default.weight"]
+    b = rows["model.layers.0.self_attn.q_proj.lora_B.default.weight"]
+    assert (a["role"], a["fan_in"]) == ("readout", 32) and (b["role"], b["fan_in"]) == ("readin", 4)
+    base = rows["model.layers.0.self_attn.q_proj.base_layer.weight"]
+    assert base["role"] == "fixed" and base["multiplier"] == 1.0  # frozen: merges stay exact
+    assert a["multiplier"] == 1 / 32 and b["multiplier"] == 1 / 4
+
+    ref, _ = train_lora(tmp_path, lora_model("stp"), "stp")
+    mup_model = lora_model("mup")
+    got, trainer = train_lora(tmp_path, mup_model, "mup")
+    assert (ref[0] - ref[-1]).abs() > 1e-3 and rel(got, ref) <= 1e-12  # STP = muP, float64
+    names = [n for g in trainer.optimizer.param_groups[1:] for n in g["param_names"]]
+    assert names and all("lora_" in n for n in names)  # only adapters train
+    # gauge first, then LoRA: re-gauged on entry to the Trainer, same trajectory
+    late, _ = train_lora(tmp_path, lora_model("mup", first="gauge"), "late")
+    assert rel(late, ref) <= 1e-12
+
+    x = {k: v for k, v in X.items() if k != "labels"}
+    unmerged = mup_model(**x).logits
+    with mup_model.disable_adapter():
+        assert rel(mup_model(**x).logits, unmerged) > 1e-4  # negative control: LoRA matters
+    mup_model.save_pretrained(tmp_path / "adapter")
+    # plain peft on a plain base of the same function loads the (effective) adapters
+    with default_dtype(torch.float64):
+        plain_base = llama(dtype=torch.float64)  # the frozen base, as built
+    plain_peft = PeftModel.from_pretrained(plain_base, tmp_path / "adapter")
+    assert rel(plain_peft(**x).logits, unmerged) < 1e-13
+    # merging: gaugeconv's and peft's own give the unmerged function
+    merged = gh.merge_and_unload(mup_model)
+    assert rel(merged(**x).logits, unmerged) < 1e-13
+    assert gh.gauge_config_of(merged).role_overrides == {}
+    assert gh.get_gauged(merged).multipliers["model.layers.0.self_attn.q_proj.weight"] == 1 / 32
+    plain_merged = plain_peft.merge_and_unload()
+    assert rel(plain_merged(**x).logits, unmerged) < 1e-13
