@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import GaugeError, UnsupportedOptimizerError
 from .gauges import Gauge
-from .multipliers import Multipliers, unfold
+from .multipliers import Multipliers, mark_fsdp_sharded, unfold
 from .optim_rules import DEFAULT_REGISTRY, LR_KEYS, OptimizerRegistry, OptimizerRule
 from .plan import Parameterization, TensorPlan, check_covers
 
@@ -208,6 +208,7 @@ class GaugedModel:
         """
         cls = optimizer_class(optimizer)
         self.check_float16()
+        mark_fsdp_sharded(self.module)  # FSDP2 re-reads its sharded Parameters by getattr
         groups = self.param_groups(lr, cls, no_decay=no_decay, rule=rule, **hyper)
         groups = [g for g in groups if g["params"][0].requires_grad]
         if base_lr_group:

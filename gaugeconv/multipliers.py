@@ -36,9 +36,18 @@ from .tensor_ops import is_power_of_two
 
 __all__ = [
     "Multipliers", "GaugedModuleMixin", "multipliers_of", "is_gauged_module", "unfold", "M_ATTR",
+    "mark_fsdp_sharded",
 ]
 
 M_ATTR = "_gaugeconv_m"  # per-instance dict: attribute name -> multiplier
+SHARDED_ATTR = "_gaugeconv_fsdp"  # per-instance dict: attribute name -> FSDP2's sharded Parameter
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch build without distributed support
+
+    class DTensor:  # type: ignore[no-redef]
+        pass
 _BASE_ATTR = "_gaugeconv_base"  # on a gauged class: the class it was made from
 
 
@@ -74,6 +83,8 @@ def _property(name: str) -> property:
         m = self._gaugeconv_m.get(name)
         if m is None:
             return p
+        if isinstance(p, DTensor):
+            return _sharded(self, name, p)
         return p * m
 
     def fset(self: nn.Module, value: Any) -> None:
@@ -85,6 +96,47 @@ def _property(name: str) -> property:
         )
 
     return property(fget, fset, doc=f"effective {name}: stored Parameter times its multiplier")
+
+
+def _sharded(module: nn.Module, name: str, p: torch.Tensor) -> torch.Tensor:
+    """A DTensor in the slot: FSDP2's sharded Parameter, read by FSDP2's own bookkeeping.
+
+    FSDP2 (``fully_shard``) computes with plain unsharded Parameters, which get the multiplier;
+    between calls the slot holds the sharded DTensor, and FSDP2 re-reads it with getattr and
+    must get that very Parameter back. Only Parameters registered by ``mark_fsdp_sharded`` are
+    given back raw; any other DTensor (tensor parallelism computes with DTensor weights) is
+    refused rather than used without its multiplier.
+    """
+    if module.__dict__.get(SHARDED_ATTR, {}).get(name) is p:
+        return p
+    raise GaugeError(
+        f"{type(module).__name__}.{name} is a DTensor that gaugeconv does not know: FSDP2 "
+        "(fully_shard) needs gaugeconv.multipliers.mark_fsdp_sharded(model) after sharding "
+        "(the gauge's optimizer factory does it), and tensor parallelism is not supported"
+    )
+
+
+def mark_fsdp_sharded(model: nn.Module) -> int:
+    """Register the sharded Parameters of FSDP2 (``fully_shard``) modules; returns their count.
+
+    Only modules inside a ``fully_shard``-ed module are looked at, so DTensors of tensor
+    parallelism are never registered (they stay refused).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return 0
+    count = 0
+    for root in model.modules():
+        if not isinstance(root, FSDPModule):
+            continue
+        for module in root.modules():
+            if not isinstance(module, GaugedModuleMixin):
+                continue
+            sharded = {n: p for n, p in module._parameters.items() if isinstance(p, DTensor)}
+            module.__dict__[SHARDED_ATTR] = sharded
+            count += len(sharded)
+    return count
 
 
 class GaugedModuleMixin:

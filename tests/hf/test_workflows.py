@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -344,3 +346,26 @@ def test_lora_roles_training_merge_save_and_load(tmp_path):
     assert gh.get_gauged(merged).multipliers["model.layers.0.self_attn.q_proj.weight"] == 1 / 32
     plain_merged = plain_peft.merge_and_unload()
     assert rel(plain_merged(**x).logits, unmerged) < 1e-13
+
+
+# -- FSDP2 ---------------------------------------------------------------------------------------
+def test_fsdp2_two_processes_train_like_one_in_both_gauges(tmp_path):
+    from tests.hf.fsdp_script import train
+
+    script = os.path.join(ROOT, "tests", "hf", "fsdp_script.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29533", script, "4", str(tmp_path / "two.json")]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = {g: train(g, 4) for g in ("stp", "mup")}
+    assert two["world_size"] == 2 and two["mup"]["param_type"] == "DTensor"  # really sharded
+    ref = torch.tensor(one["stp"]["losses"], dtype=torch.float64)
+    assert (ref[0] - ref[-1]).abs() > 0.1  # it trained
+    for gauge in ("stp", "mup"):
+        for run in (one[gauge], two[gauge]):
+            assert rel(torch.tensor(run["losses"], dtype=torch.float64), ref) <= 1e-12, gauge
+        assert two[gauge]["groups"] == one[gauge]["groups"]  # per-tensor groups survive sharding
+        assert abs(two[gauge]["state_sum"] - one["stp"]["state_sum"]) <= 1e-9
+    assert len(one["mup"]["groups"]) > 10
