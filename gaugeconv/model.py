@@ -23,6 +23,7 @@ from .plan import Parameterization, TensorPlan, check_covers
 
 __all__ = [
     "GaugedModel", "attach", "optimizer_class", "default_no_decay", "tensor_uses", "BASE_LR_GROUP",
+    "merge_groups",
 ]
 
 BASE_LR_GROUP = "gaugeconv/base-lr"  # param_names of the empty group that carries eta
@@ -161,14 +162,20 @@ class GaugedModel:
         optimizer: str | type = "sgd",
         no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay,
         rule: OptimizerRule | None = None,
+        merge: bool = False,
         **hyper: Any,
     ) -> list[dict[str, Any]]:
-        """One group per tensor, with lr, eps and weight decay moved into this gauge.
+        """Per-tensor groups, with lr, eps and weight decay moved into this gauge.
 
         The user's hyperparameters are effective-space values (those of the STP gauge): the
         group of tensor p gets lr * lambda_p/eta, then the section-4 rules with s = m_p. Keys the
         rule scales are always written into the group (taking the optimizer's own default when
         not given), so no unscaled default can leak in. Groups carry ``param_names``.
+
+        With ``merge``, tensors of one role and fan_in whose hyperparameters are identical share
+        a group (in order of first appearance): such tensors have one multiplier in every named
+        gauge, so a conversion scales the group as a whole; a custom gauge that gives them
+        different multipliers makes ``convert`` split the group.
         """
         cls = optimizer_class(optimizer)
         rule = rule or self.rule_for(cls)
@@ -189,7 +196,7 @@ class GaugedModel:
             group["params"] = [p]
             group["param_names"] = [name]
             groups.append(group)
-        return groups
+        return merge_groups(groups, self.plans) if merge else groups
 
     def make_optimizer(
         self,
@@ -198,9 +205,13 @@ class GaugedModel:
         no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay,
         rule: OptimizerRule | None = None,
         base_lr_group: bool = False,
+        merge: bool = False,
         **hyper: Any,
     ) -> torch.optim.Optimizer:
         """An optimizer with per-tensor groups; ``lr`` is the base (effective-space) rate eta.
+
+        With ``merge``, tensors with identical hyperparameters (and one role and fan_in) share a
+        group (fewer groups: fewer kernel launches in foreach/fused optimizers).
 
         Frozen tensors (requires_grad False) are left out. With ``base_lr_group`` the first group
         is an empty one whose lr is eta, so whatever logs "the" learning rate from group 0 (the
@@ -211,6 +222,8 @@ class GaugedModel:
         mark_fsdp_sharded(self.module)  # FSDP2 re-reads its sharded Parameters by getattr
         groups = self.param_groups(lr, cls, no_decay=no_decay, rule=rule, **hyper)
         groups = [g for g in groups if g["params"][0].requires_grad]
+        if merge:
+            groups = merge_groups(groups, self.plans)
         if base_lr_group:
             groups.insert(0, {"params": [], "param_names": [BASE_LR_GROUP], "lr": float(lr),
                               "weight_decay": 0.0})
@@ -270,6 +283,22 @@ class GaugedModel:
     def remove(self) -> None:
         """Take the multipliers off (the module then computes with its stored tensors)."""
         self.hooks.remove()
+
+
+def merge_groups(groups: list[dict[str, Any]], plans: dict[str, TensorPlan]) -> list[dict[str, Any]]:
+    """Per-tensor groups merged where role, fan_in and every hyperparameter agree."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for group in groups:
+        spec = plans[group["param_names"][0]].spec
+        hyper = tuple(sorted((k, repr(v)) for k, v in group.items()
+                             if k not in ("params", "param_names")))
+        key = (spec.role, spec.fan_in, hyper)
+        if key in merged:
+            merged[key]["params"] = merged[key]["params"] + group["params"]
+            merged[key]["param_names"] = merged[key]["param_names"] + group["param_names"]
+        else:
+            merged[key] = dict(group)
+    return list(merged.values())
 
 
 def tensor_uses(module: nn.Module) -> dict[str, str]:

@@ -192,8 +192,8 @@ def convert_checkpoint(
     entries = _check_tensors(headers, weight_map, model)
     # format-2 folders (save_pretrained of a gauged model) hold effective tensors: only the
     # gauge entry and the optimizer state move; format 1 holds the stored tensors of the gauge
-    effective = weights_are_effective(json.loads((src / "config.json").read_text()).get(CONFIG_KEY))
-    effective = effective and CONFIG_KEY in json.loads((src / "config.json").read_text())
+    src_entry = json.loads((src / "config.json").read_text()).get(CONFIG_KEY)
+    effective = bool(src_entry) and weights_are_effective(src_entry)
     factors = {u: 1.0 if effective else 1.0 / scales[s]
                for u, s in gauged.uses.items() if u in entries}
     for name, f in factors.items():

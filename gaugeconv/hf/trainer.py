@@ -43,7 +43,11 @@ def _decay_names(model: nn.Module) -> set[str]:
 
 
 class GaugeOptimizerFactory:
-    """Called by the Trainer as ``GaugeOptimizerFactory()(model, **kwargs)``."""
+    """Called by the Trainer as ``GaugeOptimizerFactory()(model, **kwargs)``.
+
+    Tensors with identical hyperparameters share a group (``merge=False``: one per tensor);
+    every group carries ``param_names``.
+    """
 
     def __call__(
         self,
@@ -51,13 +55,14 @@ class GaugeOptimizerFactory:
         optimizer: str | type = "adamw",
         lr: float = 1e-3,
         base_lr_group: bool = True,
+        merge: bool = True,
         **hyper: Any,
     ) -> torch.optim.Optimizer:
         model = ensure_gauged(model)  # a PeftModel: its inner model, re-gauged if adapters were added
         decay = _decay_names(model)
         return get_gauged(model).make_optimizer(
             optimizer, lr, no_decay=lambda name, p: name not in decay,
-            base_lr_group=base_lr_group, **hyper,
+            base_lr_group=base_lr_group, merge=merge, **hyper,
         )
 
 

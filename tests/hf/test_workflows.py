@@ -246,6 +246,16 @@ def test_plain_loaders_get_the_same_function(tmp_path):
     assert torch.equal(other(**X).loss, ref)
     # negative control: the stored tensors, taken as a plain state dict, are another function
     assert rel(without_multipliers(model)(**X).loss, ref) > 0.5
+    # `gaugeconv convert` on such a folder: only the gauge entry moves, the function stays
+    from gaugeconv.checkpoint import convert_checkpoint
+
+    report = convert_checkpoint(tmp_path / "mup", tmp_path / "resc", "rescaling", progress=False)
+    assert report.scaled == 0 and report.lossless
+    for load in (AutoModelForCausalLM.from_pretrained, lambda p: gh.from_pretrained(
+            AutoModelForCausalLM, p)):
+        assert torch.equal(load(tmp_path / "resc")(**X).loss, ref)
+    resc = gh.from_pretrained(AutoModelForCausalLM, tmp_path / "resc")
+    assert gh.gauge_config_of(resc).gauge == "rescaling"
 
 
 # -- 6. accelerate offload ---------------------------------------------------------------------
@@ -369,3 +379,52 @@ def test_fsdp2_two_processes_train_like_one_in_both_gauges(tmp_path):
         assert two[gauge]["groups"] == one[gauge]["groups"]  # per-tensor groups survive sharding
         assert abs(two[gauge]["state_sum"] - one["stp"]["state_sum"]) <= 1e-9
     assert len(one["mup"]["groups"]) > 10
+
+
+# -- optimizer groups: shared where hyperparameters agree, split by a conversion that needs it ----
+def test_merged_groups_keep_names_and_live_conversion_stays_exact():
+    from transformers import get_linear_schedule_with_warmup
+
+    with default_dtype(torch.float64):
+        models = [gh.apply_gauge(llama(dtype=torch.float64), MUP) for _ in range(2)]
+    g = gh.get_gauged(models[0])
+    per_tensor = gh.GaugeOptimizerFactory()(models[0], "adamw", lr=0.02, merge=False)
+    opts = [gh.GaugeOptimizerFactory()(m, "adamw", lr=0.02, weight_decay=0.01) for m in models]
+    groups = opts[0].param_groups
+    assert len(groups) < len(per_tensor.param_groups) - 5  # fewer groups
+    assert sorted(n for grp in groups[1:] for n in grp["param_names"]) == sorted(g.plans)
+    for grp in groups[1:]:  # param_names name the group's tensors, in order
+        params = dict(models[0].named_parameters())
+        assert all(params[n] is p for n, p in zip(grp["param_names"], grp["params"], strict=True))
+    scheds = [get_linear_schedule_with_warmup(o, 2, 8) for o in opts]
+    # a custom gauge that gives tensors of one group different multipliers: the group splits
+    m = g.multipliers
+    odd = Custom({k: v * (2.0 if "layers.0.mlp" in k else 0.75) for k, v in m.items()})
+    data = {k: v for k, v in X.items()}
+    for step in range(5):
+        if step == 2:
+            before = len(opts[0].param_groups)
+            gh.convert_gauge(models[0], odd, optimizer=opts[0], schedulers=[scheds[0]])
+            assert len(opts[0].param_groups) > before
+        for model, opt, sched in zip(models, opts, scheds):
+            opt.zero_grad()
+            model(**data).loss.backward()
+            opt.step()
+            sched.step()
+    a = {k: v for k, v in gh.get_gauged(models[0]).effective_parameters().items()}
+    b = gh.get_gauged(models[1]).effective_parameters()
+    assert max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in a) <= 1e-12
+    # negative control: the same conversion without the optimizer leaves the run off course
+    with default_dtype(torch.float64):
+        model = gh.apply_gauge(llama(dtype=torch.float64), MUP)
+    opt = gh.GaugeOptimizerFactory()(model, "adamw", lr=0.02, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, 2, 8)
+    for step in range(5):
+        if step == 2:
+            gh.convert_gauge(model, odd)
+        opt.zero_grad()
+        model(**data).loss.backward()
+        opt.step()
+        sched.step()
+    c = gh.get_gauged(model).effective_parameters()
+    assert max(((c[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in c) > 1e-4
