@@ -58,13 +58,18 @@ def measure(arch: str, mode: str, a: argparse.Namespace, bar) -> dict:
         "plain": (plain, torch.optim.AdamW(plain.parameters(), lr=1e-4)),
         "mup": (gauged, gh.GaugeOptimizerFactory()(gauged, "adamw", lr=1e-4)),
     }
+    per_tensor = gh.GaugeOptimizerFactory()(gauged, "adamw", lr=1e-4, merge=False)
     calls = {k: (torch.compile(m) if mode == "compiled" else m) for k, (m, _) in runs.items()}
     for key, (_, opt) in runs.items():  # warm-up (and compilation)
         step_times(calls[key], opt, batch, 2)
     rounds: dict[str, list[float]] = {"plain": [], "mup": []}
     for _ in range(a.rounds):
-        for key, (_, opt) in runs.items():
-            rounds[key].append(statistics.median(step_times(calls[key], opt, batch, a.steps)))
+        times: dict[str, list[float]] = {"plain": [], "mup": []}
+        for _ in range(a.steps):  # alternate step by step: both see the same load
+            for key, (_, opt) in runs.items():
+                times[key] += step_times(calls[key], opt, batch, 1)
+        for key in rounds:
+            rounds[key].append(statistics.median(times[key]))
         bar.update(1)
     ratios = [m / p for m, p in zip(rounds["mup"], rounds["plain"])]
     return {
@@ -74,6 +79,7 @@ def measure(arch: str, mode: str, a: argparse.Namespace, bar) -> dict:
         "ratio_spread": [min(ratios), max(ratios)],
         "gauged_modules": gh.get_gauged(gauged).hooks.active,
         "optimizer_groups": len(runs["mup"][1].param_groups),
+        "optimizer_groups_one_per_tensor": len(per_tensor.param_groups),
     }
 
 
@@ -102,7 +108,8 @@ def main() -> None:
         lo, hi = r["ratio_spread"]
         print(f"{r['arch']:6s} {r['mode']:8s} plain {ms['plain']:7.1f} ms  muP {ms['mup']:7.1f} ms  "
               f"ratio {r['ratio_mup_over_plain']:.3f} (rounds {lo:.3f}..{hi:.3f}; "
-              f"{r['gauged_modules']} gauged modules, {r['optimizer_groups']} groups)")
+              f"{r['gauged_modules']} gauged modules, {r['optimizer_groups']} groups, "
+              f"{r['optimizer_groups_one_per_tensor']} if one per tensor)")
 
 
 if __name__ == "__main__":

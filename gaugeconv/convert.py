@@ -136,14 +136,14 @@ def convert(
     elif schedulers:
         raise GaugeError("schedulers were given without their optimizer")
 
-    # 2. apply
+    # 2. apply (the multipliers first: a module that cannot carry one is refused unchanged)
+    gauged.hooks.set(gauged.use_multipliers(new))
     with torch.no_grad():
         for name, p in params.items():
             s = scales[name]
             scale_(p.data, 1.0 / s)
             if p.grad is not None:
                 scale_(p.grad, s)
-    gauged.hooks.set(gauged.use_multipliers(new))
     gauged.parameterization = new
     if optimizer is None:
         return scales

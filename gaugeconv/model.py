@@ -274,11 +274,11 @@ class GaugedModel:
         if self.parameterization.multipliers != {n: 1.0 for n in self.plans}:
             raise GaugeError("set_from_effective needs a module whose multipliers are all 1")
         m = parameterization.multipliers
+        self.hooks.set(self.use_multipliers(parameterization))  # may refuse: nothing changed yet
         for name, p in self.module.named_parameters():
             if m[name] != 1.0:
                 p.copy_(unfold(p.detach(), m[name]))
         self.parameterization = parameterization
-        self.hooks.set(self.use_multipliers(parameterization))
 
     def remove(self) -> None:
         """Take the multipliers off (the module then computes with its stored tensors)."""

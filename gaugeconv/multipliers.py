@@ -4,18 +4,23 @@ Each module that has a multiplier other than 1 gets its class swapped for a subc
 that instance (what ``torch.nn.utils.parametrize`` does internally), whose class-level properties
 return ``self._parameters[name] * m`` (THEORY.md section 1: W = m * w). The stored Parameter stays
 in ``_parameters`` under its own name, so state-dict keys, ``named_parameters``, the optimizer's
-``param_names`` and ``nn.Module.__setattr__`` (tie_weights) are unchanged and ``isinstance``
-still holds; ``forward`` is not touched. Because the product is formed on every attribute read,
+``param_names`` and ``nn.Module.__setattr__`` are unchanged and ``isinstance`` still holds;
+``forward`` is not touched. Because the product is formed on every attribute read,
 it reaches code that reads a weight outside its module's call (Mamba's ``dt_proj.weight``,
 MobileBERT's ``decoder.weight.t()``), a compiled graph (dynamo traces the property and guards on
 m), and there is no slot to restore after an exception. Gradients reach w through the product:
 the stored gradient is m times the effective one (section 4).
 
 The state dict holds effective tensors (``_save_to_state_dict`` emits m*w, detached) and
-``load_state_dict`` divides what it is given by m, so a gauged model's state dict is a plain
-model's state dict of the same function: a plain ``load_state_dict`` or ``from_pretrained``
-gets the same function, and loading back into the gauge restores w (bit for bit when m is a
-power of two, to one rounding otherwise).
+``load_state_dict`` unfolds what it is given (``unfold``: W/m with the forward's product hitting
+W bit for bit), so a gauged model's state dict is a plain model's state dict of the same
+function: a plain ``load_state_dict`` or ``from_pretrained`` gets the same function, and loading
+back into the gauge gives the same forward bit for bit (the stored w itself equal to the saved
+one for power-of-two m, within one ulp otherwise).
+
+Code that needs the Parameter object from ``getattr`` gets the product instead: FSDP2's sharded
+parameters are given back raw once registered (``mark_fsdp_sharded``); accelerate's hooks are
+refused (``_old_forward`` below); ``nn.Module.get_parameter`` raises AttributeError.
 
 One registration per use: a tensor shared by two modules (tied embeddings) can carry a multiplier
 per module. A module reached by two paths (a block registered twice) is gauged once. Modules
@@ -42,13 +47,14 @@ __all__ = [
 M_ATTR = "_gaugeconv_m"  # per-instance dict: attribute name -> multiplier
 SHARDED_ATTR = "_gaugeconv_fsdp"  # per-instance dict: attribute name -> FSDP2's sharded Parameter
 
+_BASE_ATTR = "_gaugeconv_base"  # on a gauged class: the class it was made from
+
 try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # a torch build without distributed support
 
     class DTensor:  # type: ignore[no-redef]
         pass
-_BASE_ATTR = "_gaugeconv_base"  # on a gauged class: the class it was made from
 
 
 @torch.no_grad()
@@ -201,18 +207,24 @@ def multipliers_of(module: nn.Module) -> dict[str, float]:
     return dict(module.__dict__.get(M_ATTR, {}))
 
 
-def _gauge_module(module: nn.Module, attrs: dict[str, float], path: str) -> None:
+def _check_module(module: nn.Module, path: str) -> None:
+    """Refuse a module that cannot carry multipliers (checked before anything changes)."""
     if "_hf_hook" in module.__dict__ or "_old_forward" in module.__dict__:
         raise GaugeError(f"{path or 'model'} ({type(module).__name__}) carries {_ACCELERATE}")
+    if isinstance(module, GaugedModuleMixin):
+        return
+    for name in module._parameters:
+        for klass in type(module).__mro__:
+            if name in klass.__dict__:
+                raise GaugeError(
+                    f"{path or 'model'} ({type(module).__name__}) defines {name!r} as a class "
+                    f"attribute of {klass.__name__} (a parametrization or property); "
+                    "gaugeconv cannot put a multiplier on it"
+                )
+
+
+def _gauge_module(module: nn.Module, attrs: dict[str, float]) -> None:
     if not isinstance(module, GaugedModuleMixin):
-        for name in module._parameters:
-            for klass in type(module).__mro__:
-                if name in klass.__dict__:
-                    raise GaugeError(
-                        f"{path or 'model'} ({type(module).__name__}) defines {name!r} as a class "
-                        f"attribute of {klass.__name__} (a parametrization or property); "
-                        "gaugeconv cannot put a multiplier on it"
-                    )
         # the instance's own class, so that removing the gauge gives it back
         module.__dict__[M_ATTR] = {}
         module.__class__ = _gauged_class(type(module), tuple(module._parameters))
@@ -261,11 +273,13 @@ class Multipliers:
                 )
             attrs[attr] = m
         wanted = {key: entry for key, entry in per_module.items() if entry[2]}
+        for module, path, _ in wanted.values():
+            _check_module(module, path)
         for key, module in self._modules.items():
             if key not in wanted:
                 _ungauge_module(module)
-        for module, path, attrs in wanted.values():
-            _gauge_module(module, attrs, path)
+        for module, _, attrs in wanted.values():
+            _gauge_module(module, attrs)
         self._modules = {key: entry[0] for key, entry in wanted.items()}
         self.multipliers = {k: float(v) for k, v in multipliers.items()}
 

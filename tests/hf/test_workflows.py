@@ -268,6 +268,19 @@ def test_accelerate_offload_is_refused_clearly_and_stp_offloads(tmp_path):
     with pytest.raises(GaugeError, match="accelerate offload"):
         cpu_offload(other, execution_device="cpu")
     assert torch.equal(other(**X).loss, ref)  # refused at the first gauged module; same function
+    # from_pretrained with disk offload: gaugeconv refuses before changing anything; plain
+    # transformers loads the saved folder (effective tensors) with the same outputs
+    from transformers import AutoModelForCausalLM
+
+    model.save_pretrained(tmp_path / "mup")
+    device_map = {"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    kw = {"device_map": device_map, "offload_folder": str(tmp_path / "off")}
+    with pytest.raises(GaugeError, match="accelerate"):
+        gh.from_pretrained(AutoModelForCausalLM, tmp_path / "mup", **kw)
+    offloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "mup", **kw)
+    assert "_hf_hook" in offloaded.model.layers[0].__dict__  # really offloaded to disk
+    assert torch.equal(offloaded(**X).loss, ref)
     # for inference the gauge does not matter: STP gauge offloads with the same outputs
     gh.convert_gauge(model, "stp")
     cpu_offload(model, execution_device="cpu")
