@@ -6,7 +6,7 @@ shared; the ratio is the median of the per-round ratios of median step times, an
 (min..max over rounds) says how noisy the machine was.
 
 python benchmarks/multiplier_overhead.py [--archs gpt2 llama] [--modes eager compiled]
-    [--width 256] [--layers 4] [--rounds 5] [--steps 6] [--json]
+    [--width 256] [--layers 4] [--rounds 5] [--steps 6] [--clock wall|cpu] [--json]
 """
 
 from __future__ import annotations
@@ -38,14 +38,17 @@ def make(arch: str, width: int, layers: int):
     return LlamaForCausalLM(cfg)
 
 
-def step_times(call, opt, batch, steps: int) -> list[float]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def step_times(call, opt, batch, steps: int, clock=time.perf_counter) -> list[float]:
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         call(**batch).loss.backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -67,13 +70,13 @@ def measure(arch: str, mode: str, a: argparse.Namespace, bar) -> dict:
         times: dict[str, list[float]] = {"plain": [], "mup": []}
         for _ in range(a.steps):  # alternate step by step: both see the same load
             for key, (_, opt) in runs.items():
-                times[key] += step_times(calls[key], opt, batch, 1)
+                times[key] += step_times(calls[key], opt, batch, 1, CLOCKS[a.clock])
         for key in rounds:
             rounds[key].append(statistics.median(times[key]))
         bar.update(1)
     ratios = [m / p for m, p in zip(rounds["mup"], rounds["plain"])]
     return {
-        "arch": arch, "mode": mode,
+        "arch": arch, "mode": mode, "clock": a.clock,
         "median_step_ms": {k: 1e3 * statistics.median(v) for k, v in rounds.items()},
         "ratio_mup_over_plain": statistics.median(ratios),
         "ratio_spread": [min(ratios), max(ratios)],
@@ -92,6 +95,9 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=6, help="steps per model per round")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (steadier on a shared machine "
+                        "when OMP_NUM_THREADS=1)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     results = []
@@ -102,7 +108,8 @@ def main() -> None:
     if a.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"training step, AdamW, batch {BATCH} x {SEQ} tokens, width {a.width}, {a.layers} layers")
+    print(f"training step, AdamW, batch {BATCH} x {SEQ} tokens, width {a.width}, {a.layers} layers, "
+          f"{a.clock} clock")
     for r in results:
         ms = r["median_step_ms"]
         lo, hi = r["ratio_spread"]
