@@ -40,28 +40,57 @@ def _flatten_schedulers(schedulers: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _group_scales(
-    optimizer: torch.optim.Optimizer, names: dict[int, str], scales: dict[str, float]
-) -> list[float]:
-    """The single s of each group; a group mixing tensors of different s cannot be converted."""
-    out = []
+def _check_groups(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> None:
     for i, group in enumerate(optimizer.param_groups):
-        group_s = set()
         for p in group["params"]:
             if id(p) not in names:
                 raise ConversionError(
                     f"optimizer group {i} holds a tensor of shape {tuple(p.shape)} that is not a "
                     "parameter of the model"
                 )
-            group_s.add(scales[names[id(p)]])
-        if len(group_s) > 1:
-            members = [names[id(p)] for p in group["params"]]
-            raise ConversionError(
-                f"optimizer group {i} mixes tensors with different gauge factors {sorted(group_s)} "
-                f"({members[:4]}...); build it with GaugedModel.param_groups (one group per tensor)"
-            )
-        out.append(group_s.pop() if group_s else 1.0)
-    return out
+
+
+def _split_groups(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], scales: dict[str, float],
+    schedulers: list[Any],
+) -> list[float]:
+    """Split every group whose tensors get different factors s; return the s of each group.
+
+    The pieces keep the group's other keys and its order (first appearance of each s), and
+    every scheduler's per-group lists (learning rates, LambdaLR's lr_lambdas) are repeated for
+    the pieces, so each tensor keeps its schedule.
+    """
+    new_groups: list[dict[str, Any]] = []
+    origin: list[int] = []
+    group_scales: list[float] = []
+    for i, group in enumerate(optimizer.param_groups):
+        labels = group.get("param_names")
+        pieces: dict[float, dict[str, Any]] = {}
+        for j, p in enumerate(group["params"]):
+            s = scales[names[id(p)]]
+            if s not in pieces:
+                pieces[s] = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+                pieces[s]["params"] = []
+                if labels is not None:
+                    pieces[s]["param_names"] = []
+            pieces[s]["params"].append(p)
+            if labels is not None:
+                pieces[s]["param_names"].append(labels[j])
+        if len(pieces) <= 1:
+            pieces = {next(iter(pieces), 1.0): group}
+        for s, piece in pieces.items():
+            new_groups.append(piece)
+            origin.append(i)
+            group_scales.append(s)
+    if len(new_groups) != len(optimizer.param_groups):
+        count = len(optimizer.param_groups)
+        optimizer.param_groups[:] = new_groups
+        for sched in schedulers:
+            for attr in (*SCHEDULER_LR_ATTRS, "lr_lambdas"):
+                values = getattr(sched, attr, None)
+                if isinstance(values, list) and len(values) == count:
+                    setattr(sched, attr, [values[i] for i in origin])
+    return group_scales
 
 
 def _check_schedulers(schedulers: list[Any], optimizer: Any) -> None:
@@ -100,24 +129,25 @@ def convert(
     if optimizer is not None:
         rule = rule or gauged.rule_for(optimizer)
         names = {id(p): n for n, p in params.items()}
-        group_scales = _group_scales(optimizer, names, scales)
+        _check_groups(optimizer, names)
         for p, state in optimizer.state.items():
             rule.check_state(state, names.get(id(p), "a tensor"))
         _check_schedulers(schedulers, optimizer)
     elif schedulers:
         raise GaugeError("schedulers were given without their optimizer")
 
-    # 2. apply
+    # 2. apply (the multipliers first: a module that cannot carry one is refused unchanged)
+    gauged.hooks.set(gauged.use_multipliers(new))
     with torch.no_grad():
         for name, p in params.items():
             s = scales[name]
             scale_(p.data, 1.0 / s)
             if p.grad is not None:
                 scale_(p.grad, s)
-    gauged.hooks.set(gauged.use_multipliers(new))
     gauged.parameterization = new
     if optimizer is None:
         return scales
+    group_scales = _split_groups(optimizer, names, scales, schedulers)
     k = rule.degree
     for group, s in zip(optimizer.param_groups, group_scales):
         if s == 1.0:

@@ -1,4 +1,4 @@
-"""GaugedModel: a torch module together with its parameterization and multiplier hooks.
+"""GaugedModel: a torch module together with its parameterization and its multipliers.
 
 The handle does not wrap the module: the user keeps calling the module itself, whose state-dict
 keys and forward are untouched. The handle initialises it per the gauge's init table, builds
@@ -8,6 +8,7 @@ per-tensor optimizer groups and converts it (with its optimizer) to another gaug
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,12 +17,13 @@ from torch import nn
 
 from .errors import GaugeError, UnsupportedOptimizerError
 from .gauges import Gauge
-from .multipliers import MultiplierHooks
+from .multipliers import Multipliers, mark_fsdp_sharded, unfold
 from .optim_rules import DEFAULT_REGISTRY, LR_KEYS, OptimizerRegistry, OptimizerRule
 from .plan import Parameterization, TensorPlan, check_covers
 
 __all__ = [
     "GaugedModel", "attach", "optimizer_class", "default_no_decay", "tensor_uses", "BASE_LR_GROUP",
+    "merge_groups",
 ]
 
 BASE_LR_GROUP = "gaugeconv/base-lr"  # param_names of the empty group that carries eta
@@ -76,7 +78,8 @@ class GaugedModel:
         self.parameterization = parameterization
         self.registry = registry
         self.uses = tensor_uses(module)
-        self.hooks = MultiplierHooks(module, self.use_multipliers())
+        self.hooks = Multipliers(module, self.use_multipliers())  # name kept from 0.1
+        self._float16_warned = False
 
     def __repr__(self) -> str:
         return f"GaugedModel({type(self.module).__name__}, {self.parameterization!r})"
@@ -160,9 +163,10 @@ class GaugedModel:
         optimizer: str | type = "sgd",
         no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay,
         rule: OptimizerRule | None = None,
+        merge: bool = False,
         **hyper: Any,
     ) -> list[dict[str, Any]]:
-        """One group per tensor, with lr, eps and weight decay moved into this gauge.
+        """Per-tensor groups, with lr, eps and weight decay moved into this gauge.
 
         The user's hyperparameters are effective-space values (those of the STP gauge): the
         group of tensor p gets lr * lambda_p/eta, eps * eps_const_p and the weight decay of the
@@ -170,6 +174,11 @@ class GaugedModel:
         eta/lambda_p, THEORY.md section 6), then the section-4 rules with s = m_p. Keys the
         rule scales are always written into the group (taking the optimizer's own default when
         not given), so no unscaled default can leak in. Groups carry ``param_names``.
+
+        With ``merge``, tensors of one role and fan_in whose hyperparameters are identical share
+        a group (in order of first appearance): such tensors have one multiplier in every named
+        gauge, so a conversion scales the group as a whole; a custom gauge that gives them
+        different multipliers makes ``convert`` split the group.
         """
         cls = optimizer_class(optimizer)
         rule = rule or self.rule_for(cls)
@@ -194,7 +203,7 @@ class GaugedModel:
             group["params"] = [p]
             group["param_names"] = [name]
             groups.append(group)
-        return groups
+        return merge_groups(groups, self.plans) if merge else groups
 
     def make_optimizer(
         self,
@@ -203,23 +212,56 @@ class GaugedModel:
         no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay,
         rule: OptimizerRule | None = None,
         base_lr_group: bool = False,
+        merge: bool = False,
         **hyper: Any,
     ) -> torch.optim.Optimizer:
         """An optimizer with per-tensor groups; ``lr`` is the base (effective-space) rate eta.
+
+        With ``merge``, tensors with identical hyperparameters (and one role and fan_in) share a
+        group (fewer groups: fewer kernel launches in foreach/fused optimizers).
 
         Frozen tensors (requires_grad False) are left out. With ``base_lr_group`` the first group
         is an empty one whose lr is eta, so whatever logs "the" learning rate from group 0 (the
         HF Trainer, LR monitors) shows eta times the schedule.
         """
         cls = optimizer_class(optimizer)
+        self.check_float16()
+        mark_fsdp_sharded(self.module)  # FSDP2 re-reads its sharded Parameters by getattr
         groups = self.param_groups(lr, cls, no_decay=no_decay, rule=rule, **hyper)
         groups = [g for g in groups if g["params"][0].requires_grad]
+        if merge:
+            groups = merge_groups(groups, self.plans)
         if base_lr_group:
             groups.insert(0, {"params": [], "param_names": [BASE_LR_GROUP], "lr": float(lr),
                               "weight_decay": 0.0})
         scaled = {k for g in groups for k in g} - {"params", "param_names"}
         defaults = {k: v for k, v in hyper.items() if k not in scaled}
         return cls(groups, lr=float(lr), **defaults)
+
+    def check_float16(self) -> None:
+        """Warn (once per model) when float16 tensors carry multipliers far from 1.
+
+        The stored gradient is m times the effective one (THEORY.md section 4), so with m = 1/64
+        it sits 6 binades lower and float16's narrow range (normal numbers down to 6e-5)
+        flushes many entries to zero; m far above 1 overflows instead. The STP gauge (m = 1)
+        keeps stored gradients at their effective size.
+        """
+        if self._float16_warned:
+            return
+        m = self.multipliers
+        far = [(m[n], n) for n, p in self.module.named_parameters()
+               if p.dtype == torch.float16 and not 1 / 8 <= m[n] <= 8]
+        if not far:
+            return
+        self._float16_warned = True
+        low, name = min(far)
+        warnings.warn(
+            f"{len(far)} float16 tensor(s) carry multipliers far from 1 in the "
+            f"{self.gauge.name} gauge (m = {low:.3g} at {name!r}): their stored gradients are "
+            "m times the effective ones and underflow (or overflow) float16; the STP gauge "
+            "(m = 1) avoids it, as do bfloat16 or float32 weights with mixed precision",
+            stacklevel=3,
+        )
 
     # -- conversion ------------------------------------------------------------------------
     def convert(self, to: Gauge | str | Parameterization, optimizer=None, schedulers=(), rule=None):
@@ -228,9 +270,42 @@ class GaugedModel:
 
         return convert(self, to, optimizer=optimizer, schedulers=schedulers, rule=rule)
 
+    @torch.no_grad()
+    def set_from_effective(self, parameterization: Parameterization) -> None:
+        """Take the module's current tensors as effective ones and put it into ``parameterization``.
+
+        Every stored tensor becomes w = W / m, chosen so that the forward product m * w is W bit
+        for bit (``multipliers.unfold``): the module computes exactly the function it computed
+        before. Used to put a plain (STP) model or an effective-tensor checkpoint into a gauge.
+        """
+        if self.parameterization.multipliers != {n: 1.0 for n in self.plans}:
+            raise GaugeError("set_from_effective needs a module whose multipliers are all 1")
+        m = parameterization.multipliers
+        self.hooks.set(self.use_multipliers(parameterization))  # may refuse: nothing changed yet
+        for name, p in self.module.named_parameters():
+            if m[name] != 1.0:
+                p.copy_(unfold(p.detach(), m[name]))
+        self.parameterization = parameterization
+
     def remove(self) -> None:
-        """Detach the hooks (the module then computes with its stored tensors)."""
+        """Take the multipliers off (the module then computes with its stored tensors)."""
         self.hooks.remove()
+
+
+def merge_groups(groups: list[dict[str, Any]], plans: dict[str, TensorPlan]) -> list[dict[str, Any]]:
+    """Per-tensor groups merged where role, fan_in and every hyperparameter agree."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for group in groups:
+        spec = plans[group["param_names"][0]].spec
+        hyper = tuple(sorted((k, repr(v)) for k, v in group.items()
+                             if k not in ("params", "param_names")))
+        key = (spec.role, spec.fan_in, hyper)
+        if key in merged:
+            merged[key]["params"] = merged[key]["params"] + group["params"]
+            merged[key]["param_names"] = merged[key]["param_names"] + group["param_names"]
+        else:
+            merged[key] = dict(group)
+    return list(merged.values())
 
 
 def tensor_uses(module: nn.Module) -> dict[str, str]:

@@ -140,15 +140,27 @@ def assert_same(a, b):
     assert [str(s) for s in a[4]] == [str(s) for s in b[4]]
 
 
-def test_mixed_group_is_refused_and_nothing_changes(make_mlp):
+def test_mixed_group_is_split_and_the_run_stays_exact(make_mlp):
+    """A group whose tensors get different factors s is split (one piece per s), not refused."""
     gm = make_mlp(gauge="stp", optimizer="sgd")
-    opt = torch.optim.SGD(gm.module.parameters(), lr=0.1, momentum=0.9)
-    gm.module(torch.randn(4, 16, dtype=torch.float64)).sum().backward()
-    opt.step()
-    snap = snapshot(gm, opt)
-    with pytest.raises(ConversionError, match="group 0 mixes tensors .*layers.0.weight"):
-        gm.convert("mup", optimizer=opt)
-    assert_same(snap, snapshot(gm, opt))
+    ref = copy.deepcopy(gm)
+    opts = [torch.optim.SGD(m.module.parameters(), lr=0.1, momentum=0.9) for m in (gm, ref)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 1 / (1 + k)) for o in opts]
+    x = torch.randn(4, 16, dtype=torch.float64)
+    for step in range(4):
+        if step == 2:
+            gm.convert("mup", optimizer=opts[0], schedulers=[scheds[0]])
+            assert len(opts[0].param_groups) > 1 and len(scheds[0].lr_lambdas) == len(
+                opts[0].param_groups)
+        for m, o, sch in zip((gm, ref), opts, scheds):
+            o.zero_grad()
+            m.module(x).pow(2).sum().backward()
+            o.step()
+            sch.step()
+    for k, w in gm.effective_parameters().items():
+        assert torch.allclose(w, ref.effective_parameters()[k], rtol=1e-13, atol=1e-15), k
+    assert any(not torch.equal(w, p0) for w, p0 in zip(  # negative control: training moved
+        gm.effective_parameters().values(), make_mlp(gauge="stp").effective_parameters().values()))
 
 
 class AdamWithEMA(torch.optim.AdamW):

@@ -325,7 +325,7 @@ def convert_checkpoint(
     # 2. plan
     from ..hf.config import GaugeConfig
     from ..hf.inspect import meta_model, read_config
-    from ..hf.model import gauge_entry, get_gauged
+    from ..hf.model import gauge_entry, get_gauged, weights_are_effective
 
     plain = GaugeConfig(richness=richness, gauge="stp", gamma=gamma, optimizer=optimizer,
                         tied_role=tied_role, allow_unusual_roles=allow_unusual_roles,
@@ -348,9 +348,13 @@ def convert_checkpoint(
         headers, (states, tensors) = None, _bin_plan(src_path, weights)
     matched, ignored = _match(tensors, model)
     _check_against_model(tensors, matched, gauged, model)
+    # format-2 folders (save_pretrained of a gauged model) hold effective tensors: only the
+    # gauge entry and the optimizer state move; format 1 holds the stored tensors of the gauge
+    entry = raw_config.get(CONFIG_KEY)
+    effective = bool(entry) and weights_are_effective(entry)
     factors = {}
     for key, m in matched.items():
-        if m in gauged.uses:
+        if m in gauged.uses and not effective:
             f = 1.0 / scales[gauged.uses[m]]
             if not (math.isfinite(f) and f > 0):
                 raise CheckpointError(f"tensor {key!r} would be scaled by {f!r}: the gauge's "
@@ -373,7 +377,7 @@ def convert_checkpoint(
         opt_bytes, sched_bytes, opt_lossy = _convert_trainer_state(src_path, scales, optimizer_rule,
                                                         has_sched, allow_lossy)
     new_config = dict(raw_config)
-    new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target)
+    new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target, effective_weights=effective)
     config_bytes = (json.dumps(new_config, indent=2, sort_keys=True) + "\n").encode()
 
     # 3. write beside DST, verify, rename into place

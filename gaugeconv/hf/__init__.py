@@ -10,6 +10,7 @@ from .model import (
     get_gauged,
     initialize,
 )
+from .peft import merge_and_unload
 from .roles import infer_specs
 
 # The Trainer integration imports transformers.Trainer (and with it peft, accelerate...): ~70%
@@ -28,5 +29,5 @@ def __getattr__(name: str):
 __all__ = [
     "GaugeConfig", "apply_gauge", "convert_gauge", "describe_roles", "from_pretrained",
     "gauge_config_of", "get_gauged", "initialize", "infer_specs", "GaugeOptimizerFactory",
-    "GaugeTrainer", "optimizer_cls_and_kwargs",
+    "GaugeTrainer", "optimizer_cls_and_kwargs", "merge_and_unload",
 ]

@@ -117,8 +117,8 @@ class GaugeConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> GaugeConfig:
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise GaugeError(f"gauge entry has format_version {version}, this gaugeconv reads 1")
+        if version not in (1, 2):  # 2: the weights beside it are effective (hf/model.py)
+            raise GaugeError(f"gauge entry has format_version {version}, this gaugeconv reads 1, 2")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

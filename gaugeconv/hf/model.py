@@ -24,6 +24,7 @@ from ..model import GaugedModel
 from ..plan import Parameterization
 from ..richness import Family, Richness
 from .config import CONFIG_KEY, GaugeConfig
+from .peft import drop_gauge, has_adapters, is_stale, lora_config, peft_inner
 from .roles import TensorRoleInfo, infer_specs, width_of
 
 __all__ = [
@@ -32,10 +33,18 @@ __all__ = [
 ]
 
 _HANDLE = "_gaugeconv"
+STORED_WEIGHTS, EFFECTIVE_WEIGHTS = 1, 2  # format_version of a config.json gauge entry
 
 
 def get_gauged(model: nn.Module) -> GaugedModel:
-    """The GaugedModel handle that apply_gauge attached to a model."""
+    """The GaugedModel handle that apply_gauge attached to a model (or to a PeftModel's)."""
+    model = peft_inner(model)
+    if is_stale(model):
+        raise GaugeError(
+            f"the tensors of {type(model).__name__} changed since apply_gauge (adapters added or "
+            "merged): call gh.apply_gauge(model, config) again (GaugeTrainer and the optimizer "
+            "factory do it for peft models)"
+        )
     handle = model.__dict__.get(_HANDLE)
     if handle is None:
         raise GaugeError(
@@ -81,9 +90,24 @@ def _parameterization(
     )
 
 
-def gauge_entry(config: GaugeConfig, param: Parameterization) -> dict[str, Any]:
-    """The config.json entry of a model in ``param``: the config with width and multipliers."""
-    return config.replace(width=param.width, multipliers=param.multipliers).to_dict()
+def gauge_entry(
+    config: GaugeConfig, param: Parameterization, effective_weights: bool = False
+) -> dict[str, Any]:
+    """The config.json entry of a model in ``param``: the config with width and multipliers.
+
+    ``format_version`` says what the weights beside it are: 1, the stored tensors of the
+    recorded gauge (what ``gaugeconv convert`` writes); 2, effective tensors (what a gauged
+    model's ``state_dict`` and ``save_pretrained`` write: a plain checkpoint of the same
+    function, the entry only says which gauge to put it back in).
+    """
+    entry = config.replace(width=param.width, multipliers=param.multipliers).to_dict()
+    entry["format_version"] = EFFECTIVE_WEIGHTS if effective_weights else STORED_WEIGHTS
+    return entry
+
+
+def weights_are_effective(entry: Mapping[str, Any] | None) -> bool:
+    """Whether the weights beside a config.json gauge entry are effective tensors (format 2)."""
+    return not entry or int(entry.get("format_version", STORED_WEIGHTS)) >= EFFECTIVE_WEIGHTS
 
 
 def gauge_of(config: GaugeConfig) -> Gauge:
@@ -92,7 +116,7 @@ def gauge_of(config: GaugeConfig) -> Gauge:
 
 
 def _record(model: nn.Module, config: GaugeConfig, param: Parameterization) -> None:
-    setattr(model.config, CONFIG_KEY, gauge_entry(config, param))
+    setattr(model.config, CONFIG_KEY, gauge_entry(config, param, effective_weights=True))
 
 
 def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
@@ -133,27 +157,43 @@ def apply_gauge(
     """Put a PreTrainedModel into ``config``'s (richness, gauge), keeping its function exactly.
 
     ``module_axes`` adds module rules to ``config.module_axes`` (recorded in config.json).
-    Returns the same model object (its class, forward and state-dict keys are unchanged).
+    Returns the same model object (its class, forward and state-dict keys are unchanged). A
+    PeftModel is gauged through its inner model; LoRA base layers get role "fixed" (hf/peft.py).
     """
     if module_axes:
         config = config.replace(module_axes={**config.module_axes, **dict(module_axes)})
+    outer, model = model, peft_inner(model)
+    lora = has_adapters(model)
+    if lora:
+        config = lora_config(config)
     if _HANDLE in model.__dict__:
-        raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
+        if not is_stale(model):
+            raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
+        drop_gauge(model)  # adapters were added since: fold (same function) and start again
     recorded = gauge_config_of(model)
-    source = recorded or config.replace(gauge="stp", multipliers=None)
+    if recorded is not None and lora:
+        recorded = lora_config(recorded)
     if recorded is not None:
         _same_axis(recorded, config)
+    # weights as found: effective (a plain model, or loaded from a format-2 save) or the stored
+    # tensors of the recorded gauge (format 1, written by `gaugeconv convert`)
+    effective = weights_are_effective(getattr(model.config, CONFIG_KEY, None))
+    stp = (recorded or config).replace(gauge="stp", multipliers=None)
+    source = stp if effective else recorded
     infos = infer_specs(model, source)
     start = _parameterization(model, source, infos, _gauge(source))
     if recorded is not None:
-        _check_recorded(recorded, start)
+        _check_recorded(recorded, _parameterization(model, recorded, infos, _gauge(recorded)))
     gauged = GaugedModel(model, start)
     target = _parameterization(model, config, infos, _gauge(config))
-    gauged.convert(target)
+    if effective:
+        gauged.set_from_effective(target)  # forward bit-identical to the plain model
+    else:
+        gauged.convert(target)
     model.__dict__[_HANDLE] = gauged
     model.__dict__["_gaugeconv_roles"] = infos
     _record(model, config, target)
-    return model
+    return outer
 
 
 def convert_gauge(
@@ -164,6 +204,7 @@ def convert_gauge(
 ) -> dict[str, float]:
     """Move a gauged model (and optimizer, schedulers) to another gauge; returns s per tensor."""
     gauged = get_gauged(model)
+    model = peft_inner(model)
     current = gauge_config_of(model)
     if isinstance(to, GaugeConfig):
         new_config = to
@@ -205,7 +246,7 @@ def from_pretrained(cls: Any, path: str, *args: Any, **kwargs: Any) -> nn.Module
 def describe_roles(model: nn.Module) -> list[dict[str, Any]]:
     """Per tensor: role, fan_in, uses, multiplier, lr factor, init std (for `gaugeconv roles`)."""
     gauged = get_gauged(model)
-    infos: Mapping[str, TensorRoleInfo] = model.__dict__["_gaugeconv_roles"]
+    infos: Mapping[str, TensorRoleInfo] = peft_inner(model).__dict__["_gaugeconv_roles"]
     rows = []
     for name, plan in gauged.plans.items():
         info = infos[name]

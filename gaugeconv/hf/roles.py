@@ -77,6 +77,9 @@ def _twin_shapes(
                 f"({type(err).__name__}: {err}); scaled fields: "
                 f"{', '.join(f.path for f in report)}; fix them with GaugeConfig(width_fields=)"
             ) from err
+        from .peft import adapters_like  # LoRA layers: the twin gets the same adapters
+
+        twin = adapters_like(model, twin)
     shapes = {n: tuple(p.shape) for n, p in twin.named_parameters(remove_duplicate=False)}
     return shapes, report
 
@@ -155,7 +158,7 @@ def infer_specs(
     by_stored: dict[str, list[str]] = {}
     for use, stored in tensor_uses(model).items():
         by_stored.setdefault(stored, []).append(use)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))  # a block registered twice
     params = dict(model.named_parameters())
     out: dict[str, TensorRoleInfo] = {}
     missing, absent = [], []

@@ -27,6 +27,7 @@ from ..clip import clip_grad_norm_, effective_grad_norm
 from ..errors import GaugeError, UnsupportedOptimizerError
 from ..model import BASE_LR_GROUP, optimizer_class
 from .model import get_gauged
+from .peft import ensure_gauged
 
 __all__ = ["GaugeOptimizerFactory", "optimizer_cls_and_kwargs", "GaugeTrainer", "BASE_LR_GROUP"]
 
@@ -44,7 +45,11 @@ def _decay_names(model: nn.Module) -> set[str]:
 
 
 class GaugeOptimizerFactory:
-    """Called by the Trainer as ``GaugeOptimizerFactory()(model, **kwargs)``."""
+    """Called by the Trainer as ``GaugeOptimizerFactory()(model, **kwargs)``.
+
+    Tensors with identical hyperparameters share a group (``merge=False``: one per tensor);
+    every group carries ``param_names``.
+    """
 
     def __call__(
         self,
@@ -52,12 +57,14 @@ class GaugeOptimizerFactory:
         optimizer: str | type = "adamw",
         lr: float = 1e-3,
         base_lr_group: bool = True,
+        merge: bool = True,
         **hyper: Any,
     ) -> torch.optim.Optimizer:
+        model = ensure_gauged(model)  # a PeftModel: its inner model, re-gauged if adapters were added
         decay = _decay_names(model)
         return get_gauged(model).make_optimizer(
             optimizer, lr, no_decay=lambda name, p: name not in decay,
-            base_lr_group=base_lr_group, **hyper,
+            base_lr_group=base_lr_group, merge=merge, **hyper,
         )
 
 
@@ -105,6 +112,7 @@ class GaugeTrainer(_trainer_base()):
 
     def __init__(self, *args: Any, optimizer_hyper: dict[str, Any] | None = None, **kwargs: Any):
         model = kwargs.get("model", args[0] if args else None)
+        ensure_gauged(model)  # peft: adapters added after apply_gauge get their roles
         get_gauged(model)  # refuse a model without a gauge up front
         super().__init__(*args, **kwargs)
         ds = getattr(self.args, "hf_deepspeed_config", None)
