@@ -40,6 +40,9 @@ class GaugeConfig:
     role_overrides: glob pattern on tensor names -> role, applied after inference.
     fan_in_overrides: glob pattern -> fan_in.
     multipliers: per-tensor multipliers, required for gauge="custom", recorded for all gauges.
+    attention_base_head_dim: the head dimension d0 at which the attention logit scale is the
+        architecture's own; at head dimension d it is moved by (d0/d) (hf/attention.py). None:
+        the recorded entry's, else the model's own head dimension (its function is kept).
     """
 
     richness: float | None = None
@@ -51,6 +54,7 @@ class GaugeConfig:
     role_overrides: dict[str, str] = field(default_factory=dict)
     fan_in_overrides: dict[str, int] = field(default_factory=dict)
     multipliers: dict[str, float] | None = None
+    attention_base_head_dim: int | None = None
 
     def __post_init__(self) -> None:
         gauge = str(self.gauge).lower()
@@ -74,6 +78,9 @@ class GaugeConfig:
             raise GaugeError(f"tied_role must be 'readin' or 'readout', not {self.tied_role!r}")
         if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
             raise GaugeError(f"width={self.width!r} must be a positive integer")
+        d0 = self.attention_base_head_dim
+        if d0 is not None and (not isinstance(d0, int) or isinstance(d0, bool) or d0 < 1):
+            raise GaugeError(f"attention_base_head_dim={d0!r} must be a positive integer")
 
     @property
     def gauge_name(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import GaugeError
+from .attention import describe_attention
 from .config import CONFIG_KEY, GaugeConfig
 from .model import apply_gauge, describe_roles
 
@@ -57,8 +58,10 @@ def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
 def roles_of_folder(path: str | Path, config: GaugeConfig | None = None) -> dict[str, Any]:
     """Inferred role, fan_in, multiplier and lr factor of every tensor of a saved model."""
     model = meta_model(path, config)
+    gauge = GaugeConfig.from_dict(getattr(model.config, CONFIG_KEY))
     return {
         "model": type(model).__name__,
-        "gauge": GaugeConfig.from_dict(getattr(model.config, CONFIG_KEY)).to_dict(),
+        "gauge": gauge.to_dict(),
         "tensors": describe_roles(model),
+        "attention": describe_attention(model, gauge),
     }

@@ -23,6 +23,7 @@ from ..gauges import Custom, Gauge, resolve_point
 from ..model import GaugedModel
 from ..plan import Parameterization
 from ..richness import Family, Richness
+from .attention import apply_attention_scale, with_attention_base
 from .config import CONFIG_KEY, GaugeConfig
 from .roles import AxesRule, TensorRoleInfo, infer_specs, width_of
 
@@ -115,7 +116,7 @@ def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
 def _same_axis(have: GaugeConfig, want: GaugeConfig) -> None:
     """A gauge change keeps everything but the gauge: richness, gamma, family and roles."""
     for key in ("richness", "gamma", "optimizer", "tied_role", "role_overrides",
-                "fan_in_overrides"):
+                "fan_in_overrides", "attention_base_head_dim"):
         if getattr(have, key) != getattr(want, key):
             raise GaugeError(
                 f"the model is at {key}={getattr(have, key)!r} but {key}={getattr(want, key)!r} "
@@ -136,6 +137,8 @@ def apply_gauge(
     if _HANDLE in model.__dict__:
         raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
     recorded = gauge_config_of(model)
+    recorded = with_attention_base(model, recorded) if recorded else None
+    config = with_attention_base(model, config, recorded)
     source = recorded or config.replace(gauge="stp", multipliers=None)
     if recorded is not None:
         _same_axis(recorded, config)
@@ -143,6 +146,7 @@ def apply_gauge(
     start = _parameterization(model, source, infos, _gauge(source))
     if recorded is not None:
         _check_recorded(recorded, start)
+    apply_attention_scale(model, config)  # the richness's logit scale; no gauge changes it
     gauged = GaugedModel(model, start)
     target = _parameterization(model, config, infos, _gauge(config))
     gauged.convert(target)
@@ -169,6 +173,7 @@ def convert_gauge(
     else:
         name = to.name if isinstance(to, Gauge) else str(to).lower()
         new_config = current.replace(gauge=name, multipliers=None)
+    new_config = with_attention_base(model, new_config, current)
     _same_axis(current, new_config)
     target = gauged.parameterization.with_gauge(_gauge(new_config))
     scales = gauged.convert(target, optimizer=optimizer, schedulers=schedulers)
