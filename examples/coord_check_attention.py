@@ -111,7 +111,7 @@ def plot(results: list[dict], r: float, path: Path) -> None:
                          + (" FAIL" if fail else ""), fontsize=8,
                          color="C3" if fail else "black")
             if j == 0:
-                label = f"{res['arch']} {res['optimizer']}"
+                label = f"{res['arch']} {res['optimizer']} ({widths[0]}-{widths[-1]})"
                 if res["attention"] != "richness":
                     label += "\n1/sqrt(d) control"
                 ax.set_ylabel(label + "\n(value / value at n=64)", fontsize=8)
@@ -128,6 +128,10 @@ def plot(results: list[dict], r: float, path: Path) -> None:
     plt.close(fig)
 
 
+def _png(prefix: str, r: float) -> Path:
+    return Path(f"{prefix}_r{f'{r:g}'.replace('.', '')}.png")  # r0, r025, r05
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
@@ -137,14 +141,28 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=["llama", "gpt2"])
     p.add_argument("--optimizers", nargs="+", default=["adam", "sgd"])
     p.add_argument("--richness", type=float, nargs="+", default=[0.0, 0.25, 0.5])
+    p.add_argument("--controls", type=float, nargs="*", default=[0.5],
+                   help="richness values (among --richness) of the 1/sqrt(d) negative control")
     p.add_argument("--no-control", action="store_true", help="skip the 1/sqrt(d) control")
+    p.add_argument("--controls-only", action="store_true", help="run only the controls")
     p.add_argument("--out", default="coord_check_attention", help="prefix of .jsonl and .png")
+    p.add_argument("--plot-only", action="store_true", help="plot OUT.jsonl's records (the "
+                   "last record of each check wins), run nothing")
     args = p.parse_args()
+    if args.plot_only:
+        latest = {}
+        for line in Path(f"{args.out}.jsonl").read_text().splitlines():
+            res = json.loads(line)
+            latest[(res["arch"], res["richness"], res["optimizer"], res["attention"])] = res
+        for r in sorted({k[1] for k in latest}):
+            plot(list(latest.values()), r, _png(args.out, r))
+        return
     results = []
-    jobs = [(a, r, o, "richness") for r in args.richness for a in args.archs
-            for o in args.optimizers]
-    if not args.no_control and 0.5 in args.richness:
-        jobs += [(a, 0.5, o, "sqrt") for a in args.archs for o in args.optimizers]
+    jobs = [] if args.controls_only else [(a, r, o, "richness") for r in args.richness
+                                          for a in args.archs for o in args.optimizers]
+    if not args.no_control:
+        jobs += [(a, r, o, "sqrt") for r in args.controls if r in args.richness
+                 for a in args.archs for o in args.optimizers]
     with open(f"{args.out}.jsonl", "a") as f:
         for job in jobs:
             res = run(*job, args)
@@ -152,8 +170,7 @@ def main() -> None:
             f.write(json.dumps(res) + "\n")
             f.flush()
     for r in args.richness:
-        tag = f"r{r:g}".replace(".", "")
-        plot(results, r, Path(f"{args.out}_{tag}.png"))
+        plot(results, r, _png(args.out, r))
     assert not any(math.isnan(x["worst"]["window_slope"]) for x in results)
 
 

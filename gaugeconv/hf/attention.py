@@ -100,21 +100,33 @@ def attention_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def unsupported_attention(model: nn.Module) -> list[str]:
-    """Attention modules whose logit scale cannot be set: 'Attention' in the class name, own
-    projection weights, no float ``scaling`` (they compute their scale inline)."""
+def _unsupported(model: nn.Module) -> list[tuple[str, nn.Module]]:
     supported = {name for name, _ in attention_modules(model)}
-    out = []
+    out: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if name in supported or "attention" not in type(module).__name__.lower():
             continue
         if any(s.startswith(name + ".") or name.startswith(s + ".") for s in supported):
             continue  # a wrapper around a supported module (BertAttention), or a part of one
         own = any(p.ndim >= 2 for p in module.parameters())
-        inside = any(name.startswith(o + ".") for o in out)
-        if own and not inside:
-            out.append(name)
-    return [f"{n} ({type(model.get_submodule(n)).__name__})" for n in out]
+        if own and not any(name.startswith(o + ".") for o, _ in out):
+            out.append((name, module))
+    return out
+
+
+def unsupported_attention(model: nn.Module) -> list[str]:
+    """Attention modules whose logit scale cannot be set: 'Attention' in the class name, own
+    projection weights, no float ``scaling`` (they compute their scale inline)."""
+    return [f"{n} ({type(m).__name__})" for n, m in _unsupported(model)]
+
+
+def _any_head_dim(module: nn.Module) -> int | None:
+    """The head dimension of a module or of the first submodule that states one."""
+    for sub in module.modules():
+        d = _head_dim(sub)
+        if d is not None:
+            return d
+    return None
 
 
 def logit_scale(native: float, head_dim: int, base_head_dim: int,
@@ -135,7 +147,8 @@ def with_attention_base(model: nn.Module, config: GaugeConfig,
         return config
     if recorded is not None and recorded.attention_base_head_dim is not None:
         return config.replace(attention_base_head_dim=recorded.attention_base_head_dim)
-    dims = sorted({_head_dim(m) for _, m in attention_modules(model)})
+    modules = [m for _, m in attention_modules(model)] + [m for _, m in _unsupported(model)]
+    dims = sorted({d for d in map(_any_head_dim, modules) if d is not None})
     if not dims:
         return config
     if len(dims) > 1:
@@ -156,7 +169,10 @@ def _native_exponents(model: nn.Module) -> dict[str, float]:
     for field in _WIDTH_FIELDS:
         value = getattr(config, field, None)
         if isinstance(value, int) and not isinstance(value, bool):
-            setattr(wide, field, 2 * value)
+            try:
+                setattr(wide, field, 2 * value)
+            except AttributeError:  # a derived property (FalconConfig.head_dim)
+                pass
     with torch.device("meta"):
         try:
             twin = type(model)(wide)
@@ -185,18 +201,21 @@ def apply_attention_scale(model: nn.Module, config: GaugeConfig) -> list[Attenti
     have to change.
     """
     d0 = config.attention_base_head_dim
-    modules = list(attention_modules(model))
-    if d0 is None or not modules:
+    if d0 is None:
         return []
+    unsupported = _unsupported(model)
+    known = {_any_head_dim(m) for _, m in [*attention_modules(model), *unsupported]} - {None}
+    usual = known.pop() if len(known) == 1 else None  # a module that states none shares it
+    blocked = [f"{n} ({type(m).__name__})" for n, m in unsupported
+               if (_any_head_dim(m) or usual) != d0]
+    if blocked:
+        raise GaugeError(
+            f"attention module(s) {', '.join(blocked[:4])} compute their logit scale inline "
+            f"(no `scaling` attribute): it cannot be moved from head dimension {d0} to this "
+            f"model's, so richness {config.richness:g} cannot be applied"
+        )
+    modules = list(attention_modules(model))
     moving = [(n, m) for n, m in modules if _head_dim(m) != d0]
-    if moving:
-        blocked = unsupported_attention(model)
-        if blocked:
-            raise GaugeError(
-                f"attention module(s) {', '.join(blocked[:4])} compute their logit scale "
-                f"inline (no `scaling` attribute): it cannot be moved from head dimension "
-                f"{d0} to this model's, so richness {config.richness:g} cannot be applied"
-            )
     exponents = _native_exponents(model) if moving else {}
     out = []
     for name, module in modules:  # everything is computed before anything is set
