@@ -42,8 +42,8 @@ def group(layer: str) -> str | None:
 
 def run(arch: str, r: float, opt: str, attention: str, args) -> dict:
     cfg = CoordCheckConfig(richness=r, optimizer=opt, widths=tuple(args.widths), seeds=args.seeds,
-                           lr=LR[opt], batch_size=16, tolerance=args.tolerance,
-                           window=args.window)
+                           lr=LR[opt], batch_size=args.batch_size, tolerance=args.tolerance,
+                           window=args.window, probe=args.probe)
     rep = coord_check(cfg, transformer_factory(arch, r, opt, attention=attention),
                       token_data(64), progress=True)
     checked = {}
@@ -57,6 +57,7 @@ def run(arch: str, r: float, opt: str, attention: str, args) -> dict:
     df = rep.results["lm_head"]["output_change"]
     out = {
         "arch": arch, "richness": r, "optimizer": opt, "attention": attention,
+        "probe": args.probe, "batch_size": args.batch_size,
         "widths": list(args.widths), "seeds": args.seeds, "window": args.window,
         "all_attention_mlp_pass": all(v[2] for v in checked.values()),
         "worst": {"what": worst[0], "window_slope": worst[1][0], "expected": worst[1][1]},
@@ -145,6 +146,9 @@ def main() -> None:
                    help="richness values (among --richness) of the 1/sqrt(d) negative control")
     p.add_argument("--no-control", action="store_true", help="skip the 1/sqrt(d) control")
     p.add_argument("--controls-only", action="store_true", help="run only the controls")
+    p.add_argument("--batch-size", type=int, default=16, help="training sequences per step")
+    p.add_argument("--probe", choices=["held-out", "train"], default="held-out",
+                   help="measure on held-out sequences (default) or on the training batch")
     p.add_argument("--out", default="coord_check_attention", help="prefix of .jsonl and .png")
     p.add_argument("--plot-only", action="store_true", help="plot OUT.jsonl's records (the "
                    "last record of each check wins), run nothing")

@@ -217,3 +217,25 @@ def test_coord_check_knows_attention():
 
 
 WIDTHS, TOL = (64, 128, 256), 0.15
+
+
+def test_coord_check_splits_gpt2s_fused_qkv_and_judges_the_widest_window():
+    """GPT-2's c_attn is reported per q | k | v block: q and k's first-step loss shares fall
+    (1/d scale, Adam: n^-1/2), v's does not; the whole tensor's shares are not judged. With
+    window=2 the verdict's slope is the fit over the two widest widths."""
+    from gaugeconv.data import token_data
+    from gaugeconv.diagnostics import CoordCheckConfig, coord_check
+    from gaugeconv.diagnostics.fit import loglog_slope
+    from gaugeconv.diagnostics.transformer import transformer_factory
+
+    cfg = CoordCheckConfig(richness=0.5, optimizer="adam", widths=(64, 128, 256), seeds=1,
+                           lr=0.02, batch_size=16, window=2)
+    rep = coord_check(cfg, transformer_factory("gpt2", 0.5, "adam", layers=1), token_data(64))
+    res = rep.results
+    whole = "transformer.h.0.attn.c_attn"
+    assert res[whole]["loss_share"]["expected"] is None
+    assert [res[f"{whole}[{p}]"]["loss_share"]["expected"] for p in "qkv"] == [-0.5, -0.5, 0.0]
+    for p in "qk":
+        assert res[f"{whole}[{p}]"]["loss_share"]["slope"] < res[f"{whole}[v]"]["loss_share"]["slope"] - 0.25
+    st = res[f"{whole}[v]"]["feature_change"]
+    assert st["window_slope"] == pytest.approx(loglog_slope((128, 256), st["values"][1:]), abs=1e-12)
