@@ -172,10 +172,8 @@ def test_gpt_neo_computes_its_scale_inline_and_is_refused_off_base():
     assert gh.gauge_config_of(plain).attention_base_head_dim == 16
 
 
-def test_roles_command_reports_the_scale(tmp_path):
-    import subprocess
-    import sys
-
+def test_roles_command_reports_the_scale(tmp_path, capsys):
+    from gaugeconv.cli import main
     from gaugeconv.hf.inspect import roles_of_folder
 
     model = build("llama", width=128)
@@ -184,8 +182,8 @@ def test_roles_command_reports_the_scale(tmp_path):
     att = roles_of_folder(tmp_path)["attention"]  # what `roles --json` prints
     assert att["base_head_dim"] == 8 and att["logit_exponent"] == 1.0
     assert [m["scaling"] for m in att["modules"]] == pytest.approx([8**-0.5 / 4] * 2)
-    text = subprocess.run([sys.executable, "-m", "gaugeconv", "roles", str(tmp_path)],
-                          capture_output=True, text=True, check=True).stdout
+    assert main(["roles", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
     assert "base head dim d0=8" in text and "LlamaAttention d=32 scaling 0.08839" in text
 
 
