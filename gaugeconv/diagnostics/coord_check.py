@@ -19,7 +19,8 @@ grad_rms                RMS of the effective gradient dL/dW          (reported)
 Slopes are fitted in log-log against width per seed; the verdict compares the mean slope with
 the theory within a tolerance (default 0.15, widened to 3 standard errors when seeds disagree).
 With ``window=k`` the verdict uses the slope over the k widest widths only (finite-width
-corrections fade with width; the full-range slope is still reported).
+corrections fade with width; the full-range slope is still reported). ``probe="train"``
+measures on the training batch instead of held-out inputs.
 
 Attention (hf/attention.py: logit scale ~ 1/d at every richness). A query or key projection
 (``q_proj``, ``k_proj``, ``query``, ``key``, ... : ``QK_NAMES``) receives, at init, a gradient
