@@ -236,7 +236,8 @@ def _cmd_roles(args: argparse.Namespace) -> int:
         return 0
     g = report["gauge"]
     print(f"{report['model']}: r={g['richness']:g} gamma={g['gamma']:g} gauge={g['gauge']} "
-          f"optimizer family={g['optimizer']} width={g['width']}\n")
+          f"optimizer family={g['optimizer']} width={g['width']}")
+    print(_attention_line(report["attention"]) + "\n")
     head = ["tensor", "shape", "module", "role", "fan_in", "from", "multiplier", "lr x", "init std"]
     rows = [head]
     for t in report["tensors"]:
@@ -261,6 +262,19 @@ def _cmd_roles(args: argparse.Namespace) -> int:
     if not report["verdict"] and not report["flags"]:
         print("nothing unusual")
     return 0
+
+
+def _attention_line(att: dict[str, Any]) -> str:
+    """One line on the attention logit scale (hf/attention.py) for `gaugeconv roles`."""
+    mods, blocked = att["modules"], att["unsupported"]
+    line = (f"attention logit scale ~ d^-{att['logit_exponent']:g}, base head dim "
+            f"d0={att['base_head_dim']}: ")
+    scales = sorted({(m["module"], m["head_dim"], m["native"], m["scaling"]) for m in mods})
+    line += "; ".join(f"{name} d={d} scaling {s:.4g} (own {own:.4g})"
+                      for name, d, own, s in scales) or "no attention modules"
+    if blocked:
+        line += f"; no `scaling` to set (kept only at d = d0): {', '.join(blocked[:3])}"
+    return line
 
 
 def _add_convert(sub: Any) -> None:

@@ -18,6 +18,21 @@ grad_rms                RMS of the effective gradient dL/dW          (reported)
 
 Slopes are fitted in log-log against width per seed; the verdict compares the mean slope with
 the theory within a tolerance (default 0.15, widened to 3 standard errors when seeds disagree).
+With ``window=k`` the verdict uses the slope over the k widest widths only (finite-width
+corrections fade with width; the full-range slope is still reported). ``probe="train"``
+measures on the training batch instead of held-out inputs.
+
+Attention (hf/attention.py: logit scale ~ 1/d at every richness). A query or key projection
+(``q_proj``, ``k_proj``, ``query``, ``key``, ... : ``QK_NAMES``) receives, at init, a gradient
+n^-1/2 times a hidden representation's: dL/dq = s * sum_j (dL/dl_j) k_j with s ~ 1/d ~ 1/n and
+dL/dl_j an incoherent sum of n terms of size n^-(1/2 + r). Hence its first-step loss share
+falls like n^-1/2 with Adam (decrease ~ lr * sum |g|, the step being sign-like) and n^-1 with
+SGD (~ lr * |g|^2), and with SGD its own update is n^-1/2 times the change its input brings
+(own-update share slope -1/2; Adam normalises the step: 0). Its representation still moves by
+n^(r - 1/2) (through its input). A fused projection (GPT-2's ``c_attn``: ``FUSED_PARTS``) is
+also reported per part, ``c_attn[q]``, ``c_attn[k]``, ``c_attn[v]`` (consecutive blocks of its
+output features), and its shares are judged per part: the whole mixes falling q, k shares with
+a constant v share.
 """
 
 from __future__ import annotations
@@ -35,12 +50,19 @@ from ..mlp import build_mlp
 from ..model import GaugedModel
 from .fit import slope_over_seeds
 
-__all__ = ["CoordCheckConfig", "CoordCheckReport", "coord_check", "mlp_factory", "DESIDERATA"]
+__all__ = ["CoordCheckConfig", "CoordCheckReport", "coord_check", "mlp_factory", "DESIDERATA",
+           "QK_NAMES"]
 
 DESIDERATA = {
     "rms_h_init": "D0", "rms_h_final": "D0", "output_change": "D1", "loss_share": "D2",
     "own_update_share": "D3", "feature_change": "richness",
 }
+
+# last name component of a query or key projection (a 1/d-scaled logit's bilinear inputs)
+QK_NAMES = frozenset({"q_proj", "k_proj", "query", "key", "q_attn", "q_lin", "k_lin", "wq", "wk",
+                      "to_q", "to_k", "[q]", "[k]"})
+# fused projections, reported also per part: equal consecutive blocks of the output features
+FUSED_PARTS = {"c_attn": ("q", "k", "v")}  # GPT-2's Conv1D [in, 3n]: q | k | v
 
 
 @dataclass
@@ -57,6 +79,8 @@ class CoordCheckConfig:
     batch_size: int = 64
     tolerance: float = 0.15
     dtype: str = "float32"
+    window: int | None = None  # verdicts on the slope over the `window` widest widths
+    probe: str = "held-out"  # measure on held-out inputs, or on the training batch ("train")
 
 
 @dataclass
@@ -155,13 +179,21 @@ def _record(gm, layers, x):
     return f, outs, ins
 
 
+def _parts(path: str) -> tuple[str, ...]:
+    return FUSED_PARTS.get(path.rpartition(".")[2], ())
+
+
+def _split(t: torch.Tensor, k: int, axis: int = -1) -> tuple[torch.Tensor, ...]:
+    return torch.chunk(t, k, dim=axis) if k else ()
+
+
 def _run(gm: GaugedModel, cfg: CoordCheckConfig, data: Dataset, lr: float, seed: int,
          lr_scale: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
     layers = _layers(gm)
     gen = torch.Generator().manual_seed(1000 + seed)
     idx = torch.randperm(data.x.shape[0], generator=gen)
     train_x, train_y = data.x[idx[: cfg.batch_size]], data.y[idx[: cfg.batch_size]]
-    probe = data.x[idx[cfg.batch_size: 2 * cfg.batch_size]]
+    probe = data.x[idx[cfg.batch_size: 2 * cfg.batch_size]] if cfg.probe == "held-out" else train_x
     opt = gm.make_optimizer(cfg.optimizer, lr)
     for g in opt.param_groups:  # broken families for negative controls
         g["lr"] *= (lr_scale or {}).get(g["param_names"][0], 1.0)
@@ -182,39 +214,61 @@ def _run(gm: GaugedModel, cfg: CoordCheckConfig, data: Dataset, lr: float, seed:
             dots = {path: abs((grads[w] * (after[w] - before[w])).sum().item())
                     for path, _, w in layers}
             total = sum(dots.values()) or 1.0
-            for path, _, w in layers:
+            for path, module, w in layers:
                 out[path]["loss_share"] = dots[path] / total
                 out[path]["grad_rms"] = _rms(grads[w])
+                parts = _parts(path)
+                axis = 0 if isinstance(module, nn.Linear) else -1  # the output features
+                for name, g, dw in zip(parts, _split(grads[w], len(parts), axis),
+                                       _split(after[w] - before[w], len(parts), axis)):
+                    out[f"{path}[{name}]"] = {"loss_share": abs((g * dw).sum().item()) / total,
+                                              "grad_rms": _rms(g)}
         f, _, _ = _record(gm, layers, probe)
         df.append(_rms(f - prev))
         prev = f
     f_final, h1, x1 = _record(gm, layers, probe)
     w1 = gm.effective_parameters()
     for path, module, w in layers:
-        dh = h1[path].double() - h0[path].double()
+        parts = _parts(path)
         own = _own_term(module, w1[w] - w0[w], x1[path])
-        out[path].update(
-            rms_h_init=_rms(h0[path]), rms_h_final=_rms(h1[path]),
-            feature_change=_rms(dh) / max(_rms(h0[path]), 1e-300),
-            own_update_share=own / max(_rms(dh), 1e-300),
-            output_change=sum(df) / len(df),
-        )
+        blocks = [(path, h0[path].double(), h1[path].double(), own)]
+        blocks += [(f"{path}[{name}]", *b) for name, *b in zip(
+            parts, _split(h0[path].double(), len(parts)), _split(h1[path].double(), len(parts)),
+            _split(own, len(parts)))]
+        for key, a, b, o in blocks:
+            dh = b - a
+            out[key].update(
+                rms_h_init=_rms(a), rms_h_final=_rms(b),
+                feature_change=_rms(dh) / max(_rms(a), 1e-300),
+                own_update_share=_rms(o) / max(_rms(dh), 1e-300),
+                output_change=sum(df) / len(df),
+            )
     return out
 
 
-def _own_term(module: nn.Module, dw: torch.Tensor, x: torch.Tensor) -> float:
-    """RMS of the layer's own weight-update term dW applied to its (new) input."""
+def _own_term(module: nn.Module, dw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The layer's own weight-update term dW applied to its (new) input."""
     x = x.double()
     if isinstance(module, nn.Linear):
-        return _rms(x @ dw.T)
+        return x @ dw.T
     if type(module).__name__ == "Conv1D":
-        return _rms(x @ dw)
+        return x @ dw
     if isinstance(module, nn.Embedding):
-        return _rms(nn.functional.embedding(x.long(), dw))
+        return nn.functional.embedding(x.long(), dw)
     raise TypeError(f"no own-update rule for {type(module).__name__}")
 
 
-def _expected(quantity: str, role: str, r: float) -> float | None:
+def _expected(quantity: str, role: str, r: float, layer: str = "",
+              optimizer: str = "sgd") -> float | None:
+    adam = optimizer.lower() != "sgd"
+    last = layer.rpartition(".")[2]
+    if last in FUSED_PARTS and quantity in ("loss_share", "own_update_share"):
+        return None  # a mixture of q, k (falling) and v (constant): judged per part
+    if role == "hidden" and (last in QK_NAMES or layer[-3:] in QK_NAMES):  # module docstring
+        if quantity == "loss_share":
+            return -0.5 if adam else -1.0
+        if quantity == "own_update_share":
+            return 0.0 if adam else -0.5
     if quantity == "rms_h_init":  # hidden representations O(1); the output ~ 1/alpha ~ n^-r
         return 0.0 if role in ("readin", "hidden") else -r if role == "readout" else None
     if quantity == "rms_h_final":
@@ -238,6 +292,8 @@ def coord_check(
     progress: bool = False,
 ) -> CoordCheckReport:
     """Run the check; ``factory(width, seed)`` defaults to the reference MLP of ``cfg``."""
+    if cfg.probe not in ("held-out", "train"):
+        raise ValueError(f"probe={cfg.probe!r}: 'held-out' or 'train'")
     start = time.perf_counter()
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     data = data or load_data(cfg.data, dtype)
@@ -257,6 +313,8 @@ def coord_check(
         gm = factory(width, seed)
         for path, _, w in _layers(gm):
             roles[path] = gm.plans[w].spec.role.value
+            for name in _parts(path):
+                roles[f"{path}[{name}]"] = roles[path]
         per_seed.setdefault(seed, {})[width] = _run(
             gm, cfg, data, lr, seed, lr_scale(gm) if lr_scale else None)
     layers = list(roles)
@@ -270,11 +328,17 @@ def coord_check(
             series = [[per_seed[s][w][layer][q] for w in cfg.widths] for s in range(cfg.seeds)]
             raw[layer][q] = series
             slope, stderr = slope_over_seeds(cfg.widths, series)
-            expected = _expected(q, roles[layer], cfg.richness)
-            tol = max(cfg.tolerance, 3 * stderr)
-            ok = None if expected is None else abs(slope - expected) <= tol
+            judged, judged_err, window_slope = slope, stderr, None
+            if cfg.window is not None and cfg.window < len(cfg.widths):
+                k = cfg.window
+                judged, judged_err = slope_over_seeds(cfg.widths[-k:], [s[-k:] for s in series])
+                window_slope = judged
+            expected = _expected(q, roles[layer], cfg.richness, layer, cfg.optimizer)
+            tol = max(cfg.tolerance, 3 * judged_err)
+            ok = None if expected is None else abs(judged - expected) <= tol
             results[layer][q] = {
-                "slope": slope, "expected": expected, "stderr": stderr, "pass": ok,
+                "slope": slope, "expected": expected, "stderr": judged_err, "pass": ok,
+                "window_slope": window_slope,
                 "values": [sum(col) / len(col) for col in zip(*series)],
             }
     for q, name in DESIDERATA.items():
@@ -286,7 +350,8 @@ def coord_check(
             verdict["pass"] = False
             verdict["failures"].append({
                 "layer": layer, "role": roles[layer], "quantity": q,
-                "slope": st["slope"], "expected": st["expected"],
+                "slope": st["slope"] if st["window_slope"] is None else st["window_slope"],
+                "expected": st["expected"],
             })
     return CoordCheckReport(
         config=asdict(cfg) | {"lr": lr}, layers=layers, roles=roles, results=results,
@@ -297,18 +362,24 @@ def coord_check(
 
 def format_report(report: CoordCheckReport) -> str:
     c = report.config
+    window = c.get("window")
+    name_w = max([12] + [len(layer) for layer in report.layers])
     lines = [
         f"coordinate check: r={c['richness']:g} gauge={c['gauge']} optimizer={c['optimizer']} "
-        f"lr={c['lr']:g} widths={list(c['widths'])} seeds={c['seeds']} steps={c['steps']}",
+        f"lr={c['lr']:g} widths={list(c['widths'])} seeds={c['seeds']} steps={c['steps']}"
+        + (f" window={window}" if window else ""),
         "",
-        f"{'layer':<12} {'role':<8} {'quantity':<18} {'slope':>8} {'+-':>6} {'expected':>9}  verdict",
+        f"{'layer':<{name_w}} {'role':<8} {'quantity':<18} {'slope':>8}"
+        + (f" {'window':>8}" if window else "") + f" {'+-':>6} {'expected':>9}  verdict",
     ]
     for layer in report.layers:
         for q, st in report.results[layer].items():
             exp = "" if st["expected"] is None else f"{st['expected']:+.3f}"
             verdict = "" if st["pass"] is None else ("ok" if st["pass"] else "FAIL")
-            lines.append(f"{layer:<12} {report.roles[layer]:<8} {q:<18} {st['slope']:+8.3f} "
-                         f"{st['stderr']:6.3f} {exp:>9}  {verdict}")
+            win = "" if not window else (
+                f" {'':>8}" if st.get("window_slope") is None else f" {st['window_slope']:+8.3f}")
+            lines.append(f"{layer:<{name_w}} {report.roles[layer]:<8} {q:<18} {st['slope']:+8.3f}"
+                         f"{win} {st['stderr']:6.3f} {exp:>9}  {verdict}")
     lines.append("")
     for name, v in report.verdicts.items():
         if v["pass"]:

@@ -53,6 +53,9 @@ class GaugeConfig:
         growth with width role inference cannot decide (hf/width_scaling.py).
     allow_unusual_roles: confirm roles with no readout, no hidden tensor or only fixed tensors,
         which are refused otherwise.
+    attention_base_head_dim: the head dimension d0 at which the attention logit scale is the
+        architecture's own; at head dimension d it is moved by (d0/d) (hf/attention.py). None:
+        the recorded entry's, else the model's own head dimension (its function is kept).
     """
 
     richness: float | None = None
@@ -68,6 +71,7 @@ class GaugeConfig:
     module_axes: dict[str, Any] = field(default_factory=dict)
     width_fields: dict[str, str] = field(default_factory=dict)
     allow_unusual_roles: bool = False
+    attention_base_head_dim: int | None = None
 
     def __post_init__(self) -> None:
         gauge = str(self.gauge).lower()
@@ -97,6 +101,9 @@ class GaugeConfig:
                 raise GaugeError(f"width_fields[{name!r}] = {choice!r}: say 'scale' or 'fixed'")
         if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
             raise GaugeError(f"width={self.width!r} must be a positive integer")
+        d0 = self.attention_base_head_dim
+        if d0 is not None and (not isinstance(d0, int) or isinstance(d0, bool) or d0 < 1):
+            raise GaugeError(f"attention_base_head_dim={d0!r} must be a positive integer")
 
     @property
     def gauge_name(self) -> str:

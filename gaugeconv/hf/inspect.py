@@ -173,6 +173,7 @@ def roles_of_folder(path: str | Path, config: GaugeConfig | None = None) -> dict
     verdicts that refuse a model unless confirmed (allow_unusual_roles), and flags for roles
     that are legal but unusual (roles.role_flags).
     """
+    from .attention import describe_attention
     from .model import describe_roles
     from .roles import role_counts, role_flags, role_verdict, scaled_fields
     from .width_scaling import config_widths
@@ -190,5 +191,6 @@ def roles_of_folder(path: str | Path, config: GaugeConfig | None = None) -> dict
         "scaled_fields": [dataclasses.asdict(f) for f in scaled_fields(model, gauge)],
         "verdict": role_verdict(infos),
         "flags": role_flags(infos, config_widths(model.config, gauge.width)),
+        "attention": describe_attention(model, gauge),
         "tensors": tensors,
     }
