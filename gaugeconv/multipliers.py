@@ -22,6 +22,14 @@ Code that needs the Parameter object from ``getattr`` gets the product instead: 
 parameters are given back raw once registered (``mark_fsdp_sharded``); accelerate's hooks are
 refused (``_old_forward`` below); ``nn.Module.get_parameter`` raises AttributeError.
 
+Writes: ``module.weight`` is a new tensor on every read, so an in-place write into it
+(``module.weight.copy_(x)``, ``.normal_()``) cannot reach the stored tensor. Read with
+gradients off (where such writes happen: init code) it is an inference tensor, which refuses
+in-place writes with a RuntimeError instead of losing them silently; write through
+``module._parameters[name]`` (stored units) or ``load_state_dict`` (effective units). Writes
+through ``.data`` (``module.weight.data += d``), and any write under autograd, are not caught
+and are lost: the unguarded case (README, "How multipliers reach the computation").
+
 One registration per use: a tensor shared by two modules (tied embeddings) can carry a multiplier
 per module. A module reached by two paths (a block registered twice) is gauged once. Modules
 whose multipliers are all 1 (the STP gauge) keep their own class: STP costs nothing.
@@ -46,6 +54,8 @@ __all__ = [
 
 M_ATTR = "_gaugeconv_m"  # per-instance dict: attribute name -> multiplier
 SHARDED_ATTR = "_gaugeconv_fsdp"  # per-instance dict: attribute name -> FSDP2's sharded Parameter
+CARRY_ATTR = "_gaugeconv_carry"  # per-instance dict: attribute name -> attributes to carry over
+_CARRIED = ("infshape",)  # attributes of a stored Parameter that modules read (microsoft/mup)
 
 _BASE_ATTR = "_gaugeconv_base"  # on a gauged class: the class it was made from
 
@@ -91,9 +101,16 @@ def _property(name: str) -> property:
             return p
         if isinstance(p, DTensor):
             return _sharded(self, name, p)
-        effective = p * m
-        if p.__dict__:  # attributes other code reads (mup's infshape) come along
-            effective.__dict__.update(p.__dict__)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or \
+                torch.is_inference_mode_enabled():
+            effective = p * m
+        else:  # a write into it would be lost: make it an inference tensor, which refuses writes
+            with torch.inference_mode():
+                effective = p * m
+        carried = self.__dict__.get(CARRY_ATTR)
+        if carried and name in carried:  # attributes other code reads (mup's infshape)
+            for key, value in carried[name].items():
+                setattr(effective, key, value)
         return effective
 
     def fset(self: nn.Module, value: Any) -> None:
@@ -232,6 +249,13 @@ def _gauge_module(module: nn.Module, attrs: dict[str, float]) -> None:
         module.__dict__[M_ATTR] = {}
         module.__class__ = _gauged_class(type(module), tuple(module._parameters))
     module.__dict__[M_ATTR] = dict(attrs)
+    carried = {}
+    for name in attrs:
+        found = {k: getattr(module._parameters[name], k) for k in _CARRIED
+                 if hasattr(module._parameters[name], k)}
+        if found:
+            carried[name] = found
+    module.__dict__[CARRY_ATTR] = carried
 
 
 def _ungauge_module(module: nn.Module) -> None:
@@ -242,6 +266,7 @@ def _ungauge_module(module: nn.Module) -> None:
     if _BASE_ATTR in cls.__dict__:  # our class on top (not wrapped again, e.g. by FSDP2)
         module.__class__ = cls.__dict__[_BASE_ATTR]
         del module.__dict__[M_ATTR]
+        module.__dict__.pop(CARRY_ATTR, None)
 
 
 class Multipliers:

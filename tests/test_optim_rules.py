@@ -46,7 +46,7 @@ def _model(name, w0, gauge):
     param = Parameterization([spec], Richness(0.5), "stp", _family(cls_name), w0.shape[1])
     gm = GaugedModel(lin, param.with_gauge(gauge))
     with torch.no_grad():
-        lin.weight.copy_(w0 / gm.multipliers["weight"])
+        lin._parameters["weight"].copy_(w0 / gm.multipliers["weight"])  # the stored tensor
     return gm, getattr(torch.optim, cls_name)
 
 

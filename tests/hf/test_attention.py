@@ -151,10 +151,13 @@ def test_attention_without_a_scaling_hook_is_listed_and_refused_off_base():
     model = build("llama", width=128)
     model.model.toy = ToyAttention(128)
     assert describe_attention(model, None)["unsupported"] == ["model.toy (ToyAttention)"]
+    # the toy's tensors are not in the double-width twin: their roles are declared
+    roles = {"model.toy.qkv.weight": "hidden", "model.toy.qkv.bias": "readin"}
     with pytest.raises(GaugeError, match=r"model\.toy \(ToyAttention\)"):
-        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, attention_base_head_dim=8))
+        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, attention_base_head_dim=8,
+                                             role_overrides=roles))
     assert _scalings(model) == [32**-0.5] * 2 and gh.gauge_config_of(model) is None
-    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5))  # at its own base nothing moves
+    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, role_overrides=roles))  # own base: kept
     assert _scalings(model) == [32**-0.5] * 2
 
 

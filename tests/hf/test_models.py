@@ -196,7 +196,8 @@ def test_coord_check_on_a_hugging_face_llama(r):
                           num_attention_heads=4, num_key_value_heads=4, vocab_size=64,
                           max_position_embeddings=16, bos_token_id=0, eos_token_id=0,
                           tie_word_embeddings=False)
-        model = gh.apply_gauge(LlamaForCausalLM(cfg), gh.GaugeConfig(richness=r, gauge="mup"))
+        model = gh.apply_gauge(LlamaForCausalLM(cfg), gh.GaugeConfig(
+            richness=r, gauge="mup", attention_base_head_dim=16))  # 1/d scale (hf/attention.py)
         return gh.get_gauged(gh.initialize(model, seed))
 
     cfg = CoordCheckConfig(richness=r, optimizer="adam", widths=(64, 128, 256, 512), seeds=2,

@@ -212,6 +212,13 @@ def _same(model, x, ref, tol: float, what: str) -> None:
                     f"on read: {_offenders(model, x)[:8]}")
 
 
+# Architectures that compute through another kernel path when a weight slot yields a plain
+# tensor instead of a Parameter (FalconMamba's fused path, nn.MultiheadAttention's fast path):
+# same values, float32 rounding apart (4.8e-7 measured even with every m = 1). A multiplier
+# that is not applied still shows as an O(1) difference.
+PROBE_TOLERANCE = {"falcon-mamba": 1e-5, "siglip": 1e-5}
+
+
 def test_the_matrix_is_large_enough():
     assert len(ARCHS) >= 45 and set(EXPECTED) == set(ARCHS)
 
@@ -232,25 +239,25 @@ def test_roles_function_conversions_and_probe(arch):
     for gauge in ("rescaling", custom):
         gh.convert_gauge(model, gauge)
         _same(model, x, ref, 1e-5, str(gauge))
-    # STP -> muP -> STP: every stored tensor within 1 ulp
+    # STP -> muP -> STP: every stored tensor within 1 ulp (the Parameters themselves: the
+    # state dict holds effective tensors, which no gauge change moves)
     gh.convert_gauge(model, "stp")
-    start = {k: v.clone() for k, v in model.state_dict().items()}
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
     gh.convert_gauge(model, "mup")
-    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    assert any(not torch.equal(v, start[k]) for k, v in model.named_parameters())
     gh.convert_gauge(model, "stp")
-    for k, v in model.state_dict().items():
+    for k, v in model.named_parameters():
         if v.is_floating_point():
-            assert _ulps(v, start[k]) <= 1, k
+            assert _ulps(v.detach(), start[k]) <= 1, k
     # probe: every multiplier doubled, every tensor halved (exact): same outputs bit for bit,
     # unless some multiplier is not applied when its tensor is read
-    for k, v in model.state_dict().items():
-        v.copy_(stored[k])  # back to the original (effective) weights in STP gauge
+    model.load_state_dict(stored)  # back to the original (effective) weights in STP gauge
     assert torch.equal(_run(model, x), ref)
     gh.convert_gauge(model, Custom(lambda spec: 2.0))
-    moved = [k for k, v in model.state_dict().items() if v.is_floating_point()
-             and not torch.equal(v, stored[k])]
+    moved = [k for k, v in model.named_parameters() if v.is_floating_point()
+             and not torch.equal(v.detach(), stored[k])]
     assert moved
-    _same(model, x, ref, 0, "probe")
+    _same(model, x, ref, PROBE_TOLERANCE.get(arch, 0), "probe")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -282,7 +289,9 @@ def test_adamw_step_stp_and_mup_agree_in_float64(arch):
         runs[gauge] = (gauged.effective_parameters(), _run(model, x))
     (eff_a, out_a), (eff_b, out_b) = runs["stp"], runs["mup"]
     for name, w in eff_a.items():
-        scale = max(w.abs().max().item(), 1e-300)
+        # floor: a tensor whose gradient is zero in exact arithmetic (a key bias: softmax is
+        # shift invariant) moves by rounding noise alone, ~1e-17 in float64
+        scale = max(w.abs().max().item(), 1e-2)
         assert (w - eff_b[name]).abs().max().item() <= 1e-12 * scale, name
     assert sum(not torch.equal(w, before[k]) for k, w in eff_b.items()) > len(eff_b) // 2
     assert _rel(out_b, out_a) <= 1e-12

@@ -140,7 +140,8 @@ ZOO: dict[str, Arch] = {
         eos_token_id=0, pad_token_id=0, use_cache=False)),
     "rwkv": Arch("RwkvConfig", "RwkvForCausalLM", dict(
         hidden_size=W, attention_hidden_size=W, intermediate_size=2 * W, num_hidden_layers=2,
-        vocab_size=VOCAB, context_length=32, bos_token_id=0, eos_token_id=0, use_cache=False)),
+        vocab_size=VOCAB, context_length=32, bos_token_id=0, eos_token_id=0, use_cache=False,
+        rescale_every=0)),  # its eval-mode in-place rescaling of weights is refused in a gauge
     # encoders
     "bert": Arch("BertConfig", "BertForMaskedLM", _enc()),
     "roberta": Arch("RobertaConfig", "RobertaForMaskedLM", _enc(pad_token_id=1)),
@@ -205,7 +206,8 @@ ZOO: dict[str, Arch] = {
         text_config=dict(hidden_size=W, intermediate_size=2 * W, num_hidden_layers=1,
                          num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=12,
                          pad_token_id=0, bos_token_id=0, eos_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        # one head dimension in both towers: one attention base head dim (hf/attention.py)
+        vision_config=dict(hidden_size=W, intermediate_size=2 * W, num_hidden_layers=1,
                            num_attention_heads=4, image_size=16, patch_size=4),
         projection_dim=16), "clip", {"width": W}),
     "wav2vec2": Arch("Wav2Vec2Config", "Wav2Vec2ForCTC", dict(
