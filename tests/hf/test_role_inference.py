@@ -61,7 +61,9 @@ def test_architecture_designs_decide_derived_fields():
 def test_nested_list_property_and_auto_fields():
     from transformers import CLIPConfig, ConvNextConfig, FalconConfig, MambaConfig
 
-    clip = CLIPConfig(**ZOO["clip"].kwargs)
+    kwargs = dict(ZOO["clip"].kwargs)  # a vision tower of its own width (32): measured apart
+    kwargs["vision_config"] = {**kwargs["vision_config"], "hidden_size": 32, "intermediate_size": 64}
+    clip = CLIPConfig(**kwargs)
     wide, report = wider_config(clip, 2, width=W)
     assert wide.text_config.hidden_size == 2 * W and wide.vision_config.hidden_size == 64
     assert wide.projection_dim == clip.projection_dim  # the joint space is an output space
