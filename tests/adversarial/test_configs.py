@@ -83,7 +83,7 @@ GAUGED_CASES = {
     "multiplier-disagrees": (_entry(_mult(3.0)), "disagrees with the model"),
     "width-string": (_entry(lambda e: e.update(width="64")), "gaugeconv.width"),
     "width-wrong": (_entry(lambda e: e.update(width=65)), "width 65"),
-    "format-version": (_entry(lambda e: e.update(format_version=2)), "format_version"),
+    "format-version": (_entry(lambda e: e.update(format_version=3)), "format_version"),
     "unknown-field": (_entry(lambda e: e.update(colour="blue")), "unknown gauge config field"),
     "role-overrides-list": (_entry(lambda e: e.update(role_overrides=["x"])),
                             "gaugeconv.role_overrides"),
