@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import GaugeError
 from ..tensor_ops import is_power_of_two
 from .placement import (
@@ -54,6 +56,7 @@ from .placement import (
     unmake,
 )
 from .safetensors_io import SCALABLE, CheckpointError, Header, header_bytes, read_header
+from .scaling import FORMATS
 from .sources import Weights, check_trainer_files, find_weights, walk_src
 from .stream import ArraySource, FileSource, OutFile, Task, run_stream
 
@@ -288,6 +291,26 @@ def _bin_outfile(state: dict, tensors: dict[str, _Tensor], factors: dict[str, fl
     return out
 
 
+def _check_multipliers(m_dst: dict[str, float], matched: dict[str, str], uses: dict[str, str],
+                       tensors: dict[str, _Tensor]) -> None:
+    """Every target multiplier m, and 1/m, a normal number where the forward computes m * w
+    (float32 for float16/bfloat16/float32 tensors, float64 for float64 ones): else the gauge
+    cannot hold the tensor (m = 1e300 is inf in float32, and W/m underflows to zero), and
+    ``gh.from_pretrained`` would compute another function."""
+    wide = {uses[m]: tensors[k].dtype == "F64" for k, m in matched.items() if m in uses}
+    for name, m in sorted(m_dst.items()):
+        if not (math.isfinite(m) and m > 0):
+            raise CheckpointError(f"the target gauge's multiplier of {name!r} is {m!r}, not a "
+                                  "finite positive number")
+        fmt = FORMATS["F64" if wide.get(name) else "F32"]
+        top = float(np.finfo(fmt.native).max)
+        if not (fmt.tiny <= m <= top and fmt.tiny <= 1.0 / m <= top):
+            raise CheckpointError(
+                f"the target gauge's multiplier of {name!r} is {m!r}, outside the normal range "
+                f"of {'float64' if wide.get(name) else 'float32'} (it or its inverse): the "
+                "gauge cannot hold this tensor (check --gamma)")
+
+
 def _brief(cfg) -> dict[str, Any]:
     # format_version is the report's weights / source_weights, not a property of the gauge
     return {k: v for k, v in cfg.to_dict().items() if k not in ("multipliers", "format_version")}
@@ -380,10 +403,7 @@ def convert_checkpoint(
     src_stored = bool(entry) and not weights_are_effective(entry)
     m_src = gauged.parameterization.multipliers
     m_dst = target.multipliers
-    bad = sorted(n for n, m in m_dst.items() if not (math.isfinite(m) and m > 0))
-    if bad:
-        raise CheckpointError(f"the target gauge's multiplier of {bad[0]!r} is {m_dst[bad[0]]!r}, "
-                              "not a finite positive number")
+    _check_multipliers(m_dst, matched, gauged.uses, tensors)
     factors = {}
     for key, m in matched.items():
         if m not in gauged.uses:

@@ -99,10 +99,25 @@ def test_exact_subnormal_results_are_lossless(bases, make_src, tmp_path, capsys)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_huge_gamma_is_refused(make_src, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["--stored"]])
+def test_huge_gamma_is_refused(make_src, tmp_path, capsys, extra):
+    """gamma = 1e300: multipliers of 1e300 are inf in float32; refused in both formats (in the
+    default one the weights would be copied, and gh.from_pretrained's W / m be zero)."""
     src = make_src("gpt2")
     assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", "--to", "mup", "-r",
-                                      "0.5", "--gamma", "1e300", "--json", "--stored"], "flow")
+                                      "0.5", "--gamma", "1e300", "--json", *extra],
+                   "outside the normal range of float32")
+
+
+def test_large_gamma_underflows_stored_tensors(make_src, tmp_path, capsys):
+    """gamma = 1e36: the multipliers fit float32, but W / m of small entries underflows: the
+    streaming check refuses --stored; the default copies the weights (the control)."""
+    src = make_src("gpt2")
+    args = ["--to", "mup", "-r", "0.5", "--gamma", "1e36", "--json"]
+    assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *args, "--stored"],
+                   "underflow")
+    code, out, _ = run(capsys, "convert", src, tmp_path / "out", *args)
+    assert code == 0 and json.loads(out)["scaled"] == 0
 
 
 def test_non_power_of_two_is_not_reported_lossless(make_src, tmp_path, capsys):
