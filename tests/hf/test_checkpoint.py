@@ -170,6 +170,23 @@ def test_format_1_src_becomes_effective_tensors(tmp_path, width):
     assert (wrong - ref).abs().max() > 1e-3 * ref.abs().max()
 
 
+def test_format_2_src_to_stored_tensors(tmp_path):
+    """A format-2 SRC (effective tensors) with --stored: each tensor divided by m_target; only
+    gh.from_pretrained reads the function (bit for bit: width 64, powers of two)."""
+    from transformers import AutoModelForCausalLM
+
+    build("gpt2", 64).save_pretrained(tmp_path / "src")
+    convert_checkpoint(tmp_path / "src", tmp_path / "mup", "mup", richness=0.5, progress=False)
+    report = convert_checkpoint(tmp_path / "mup", tmp_path / "resc", "rescaling",
+                                progress=False, weights="stored")
+    assert report.source_weights == "effective" and report.weights == "stored"
+    assert report.scaled > 0 and report.lossless and entry(tmp_path / "resc")["format_version"] == 1
+    ref = plain_logits(tmp_path / "src", "gpt2")
+    assert torch.equal(logits(AutoModelForCausalLM, tmp_path / "resc", "gpt2").detach(), ref)
+    wrong = plain_logits(tmp_path / "resc", "gpt2")  # the control
+    assert (wrong - ref).abs().max() > 1e-3 * ref.abs().max()
+
+
 def test_default_chain_keeps_the_bytes(tmp_path):
     """STP -> muP -> rescaling -> STP in the default format: the weights never change."""
     build("llama-tied", 48).save_pretrained(tmp_path / "stp")
