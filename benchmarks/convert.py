@@ -5,8 +5,9 @@ command runs in its own process (whole-process wall time, imports included; peak
 wait4), alternating, ``--repeats`` times; the medians are compared:
   copy     a plain read/write loop over the same files, fsync per file (what any conversion
            costs at least)
-  convert  `gaugeconv convert SRC DST --to mup -r 0.5` (STP -> muP gauge: every factor a power
-           of two)
+  convert  `gaugeconv convert SRC DST --to mup -r 0.5 --stored` (STP -> muP gauge, stored
+           tensors: every tensor scaled, every factor a power of two; the default, effective
+           tensors, copies a plain SRC's weights as raw bytes and costs less)
   naive    (with --naive) from_pretrained + apply_gauge + save_pretrained, the whole model in
            memory
   imports  the fixed part of convert: importing torch and the transformers model class
@@ -143,7 +144,7 @@ def main():
             runs = {
                 "copy": [sys.executable, "-c", COPY, src, out],
                 "convert": [sys.executable, "-m", "gaugeconv", "convert", src, out, "--to",
-                            "mup", "-r", "0.5", "--json"],
+                            "mup", "-r", "0.5", "--stored", "--json"],
             }
             if a.naive:
                 runs["naive"] = [sys.executable, "-c", NAIVE, src, out]

@@ -287,7 +287,12 @@ def _add_convert(sub: Any) -> None:
         "gauge comes from config.json, read as data (no code from SRC runs); a plain folder is "
         "STP gauge and needs --richness. Every check runs before anything is written; tensors "
         "are streamed in chunks by a pool of threads; SRC is never modified; DST appears only "
-        "when complete and verified, and an existing DST is replaced only with --overwrite.",
+        "when complete and verified, and an existing DST is replaced only with --overwrite. "
+        "DST holds effective tensors (config.json format_version 2): a plain checkpoint of the "
+        "same function, which AutoModel*.from_pretrained and vLLM load as it is and "
+        "gaugeconv.hf.from_pretrained puts back in gauge --to; a plain or format-2 SRC's weights "
+        "are copied unchanged, a format-1 SRC's are scaled to effective tensors. optimizer.pt "
+        "and scheduler.pt are converted to gauge --to.",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
@@ -312,6 +317,11 @@ def _add_convert(sub: Any) -> None:
     p.add_argument("--allow-unusual-roles", action="store_true",
                    help="confirm roles with no readout, no hidden tensor or only fixed tensors "
                    "(a headless encoder such as BertModel), refused otherwise; for a plain SRC")
+    p.add_argument("--stored", action="store_true",
+                   help="write the stored tensors of gauge --to (format_version 1) instead of "
+                   "effective ones. WARNING: plain loaders (AutoModel*.from_pretrained, vLLM) "
+                   "read such a folder as a DIFFERENT function, without any warning; only "
+                   "gaugeconv.hf.from_pretrained restores it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_convert)
 
@@ -334,6 +344,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             snap_pow2=args.snap_pow2, overwrite=args.overwrite, progress=not args.json,
             allow_lossy=args.allow_lossy, workers=args.workers,
             allow_unusual_roles=args.allow_unusual_roles,
+            weights="stored" if args.stored else "effective",
         )
     except OSError as err:  # a full or read-only disk, a permission: the real error, one line
         raise GaugeError(str(err)) from None
@@ -343,6 +354,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if args.stored:
+        print("gaugeconv convert: warning: --stored wrote stored tensors (format 1); plain "
+              "loaders such as AutoModel*.from_pretrained read DST as a different function",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0
@@ -351,6 +366,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
           f"r={report.to_gauge['richness']:g}, {report.shards} shard(s), {report.tensors} tensors "
           f"({report.scaled} rescaled, {report.copied_raw} copied as raw bytes), "
           f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s")
+    if report.weights == "effective":
+        print("weights: effective tensors (format 2), the function of SRC for any loader; "
+              "gaugeconv.hf.from_pretrained restores the gauge")
+    else:
+        print("weights: stored tensors of the gauge (format 1); plain loaders read a DIFFERENT "
+              "function, load with gaugeconv.hf.from_pretrained")
     print(f"optimizer.pt: {'converted' if report.optimizer else 'none'}   scheduler.pt: "
           f"{'converted' if report.scheduler else 'none'}")
     if report.source_format != "safetensors":

@@ -1,5 +1,19 @@
 """Convert a save_pretrained folder or a Trainer checkpoint folder to another gauge, on disk.
 
+What DST's weights hold (``weights=``, the config.json entry's ``format_version``):
+
+* ``"effective"`` (the default, format 2): the effective tensors m*w, which a plain loader
+  (``AutoModel*.from_pretrained``, vLLM) reads as the same function as SRC; the entry only says
+  which gauge ``gaugeconv.hf.from_pretrained`` puts them back in (THEORY.md section 6: the
+  function depends on m*w alone). From a plain or format-2 SRC the weights are copied as raw
+  bytes; from a format-1 SRC each tensor is scaled by its source multiplier m_src.
+* ``"stored"`` (format 1): the stored tensors of the target gauge, each scaled by
+  (m_src for a format-1 SRC, else 1) / m_target. A plain loader reads such a folder as a
+  DIFFERENT function; only gaugeconv restores it.
+
+Trainer files (optimizer.pt, scheduler.pt) hold the optimizer state in the stored units of the
+gauge: they are converted by s = m_target / m_src (section 6) whichever format the weights have.
+
 Order of work (every check before the first byte is written; the hidden folder is created
 only when all of them passed):
 
@@ -28,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import GaugeError
 from ..tensor_ops import is_power_of_two
 from .placement import (
@@ -40,12 +56,14 @@ from .placement import (
     unmake,
 )
 from .safetensors_io import SCALABLE, CheckpointError, Header, header_bytes, read_header
+from .scaling import FORMATS
 from .sources import Weights, check_trainer_files, find_weights, walk_src
 from .stream import ArraySource, FileSource, OutFile, Task, run_stream
 
-__all__ = ["convert_checkpoint", "ConvertReport"]
+__all__ = ["convert_checkpoint", "ConvertReport", "WEIGHTS"]
 
 CONFIG_KEY = "gaugeconv"
+WEIGHTS = ("effective", "stored")  # what DST's weights hold: format_version 2, 1
 
 
 @dataclass
@@ -75,6 +93,8 @@ class ConvertReport:
     optimizer_lossy: list[str] = field(default_factory=list)
     seconds_planning: float = 0.0  # checks and plan, imports of torch and transformers included
     seconds_writing: float = 0.0  # from the hidden folder's creation to DST in place
+    weights: str = "effective"  # DST holds effective tensors (format 2) or stored ones (1)
+    source_weights: str = "effective"  # SRC's: plain and format 2 "effective", format 1 "stored"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,8 +291,29 @@ def _bin_outfile(state: dict, tensors: dict[str, _Tensor], factors: dict[str, fl
     return out
 
 
+def _check_multipliers(m_dst: dict[str, float], matched: dict[str, str], uses: dict[str, str],
+                       tensors: dict[str, _Tensor]) -> None:
+    """Every target multiplier m, and 1/m, a normal number where the forward computes m * w
+    (float32 for float16/bfloat16/float32 tensors, float64 for float64 ones): else the gauge
+    cannot hold the tensor (m = 1e300 is inf in float32, and W/m underflows to zero), and
+    ``gh.from_pretrained`` would compute another function."""
+    wide = {uses[m]: tensors[k].dtype == "F64" for k, m in matched.items() if m in uses}
+    for name, m in sorted(m_dst.items()):
+        if not (math.isfinite(m) and m > 0):
+            raise CheckpointError(f"the target gauge's multiplier of {name!r} is {m!r}, not a "
+                                  "finite positive number")
+        fmt = FORMATS["F64" if wide.get(name) else "F32"]
+        top = float(np.finfo(fmt.native).max)
+        if not (fmt.tiny <= m <= top and fmt.tiny <= 1.0 / m <= top):
+            raise CheckpointError(
+                f"the target gauge's multiplier of {name!r} is {m!r}, outside the normal range "
+                f"of {'float64' if wide.get(name) else 'float32'} (it or its inverse): the "
+                "gauge cannot hold this tensor (check --gamma)")
+
+
 def _brief(cfg) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_dict().items() if k != "multipliers"}
+    # format_version is the report's weights / source_weights, not a property of the gauge
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("multipliers", "format_version")}
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -302,9 +343,17 @@ def convert_checkpoint(
     allow_lossy: bool = False,
     workers: int | None = None,
     allow_unusual_roles: bool = False,
+    weights: str = "effective",
 ) -> ConvertReport:
-    """Convert a saved model or Trainer checkpoint folder to gauge ``to``; see the module doc."""
+    """Convert a saved model or Trainer checkpoint folder to gauge ``to``; see the module doc.
+
+    ``weights="effective"`` writes a plain checkpoint of SRC's function (format 2);
+    ``weights="stored"`` the stored tensors of the target gauge (format 1), which plain loaders
+    read as a different function.
+    """
     start = time.perf_counter()
+    if weights not in WEIGHTS:
+        raise GaugeError(f"weights={weights!r}: give 'effective' or 'stored'")
     # 1. paths
     try:
         os.stat(src)
@@ -318,7 +367,7 @@ def convert_checkpoint(
     dest = resolve_destination(dst, overwrite)
     tree = walk_src(src_path)
     check_not_nested(src_path, tree.dir_ids, dest)
-    weights = find_weights(src_path, tree)
+    layout = find_weights(src_path, tree)
     top_dirs = [d for d in tree.dirs if "/" not in d]
     has_opt, has_sched = check_trainer_files(src_path, top_dirs)
 
@@ -341,30 +390,41 @@ def convert_checkpoint(
     gauged = get_gauged(model)
     dst_cfg, target = _target(src_cfg, to, snap_pow2, gauged.parameterization)
     scales = gauged.parameterization.scales_to(target)
-    if weights.kind == "safetensors":
-        headers, tensors = _safetensors_plan(src_path, weights)
+    if layout.kind == "safetensors":
+        headers, tensors = _safetensors_plan(src_path, layout)
         states = None
     else:
-        headers, (states, tensors) = None, _bin_plan(src_path, weights)
+        headers, (states, tensors) = None, _bin_plan(src_path, layout)
     matched, ignored = _match(tensors, model)
     _check_against_model(tensors, matched, gauged, model)
-    # format-2 folders (save_pretrained of a gauged model) hold effective tensors: only the
-    # gauge entry and the optimizer state move; format 1 holds the stored tensors of the gauge
+    # what SRC holds: effective tensors (a plain folder, format 2) or the stored tensors of its
+    # gauge (format 1); the factor per tensor takes them to what DST holds (module doc)
     entry = raw_config.get(CONFIG_KEY)
-    effective = bool(entry) and weights_are_effective(entry)
+    src_stored = bool(entry) and not weights_are_effective(entry)
+    m_src = gauged.parameterization.multipliers
+    m_dst = target.multipliers
+    _check_multipliers(m_dst, matched, gauged.uses, tensors)
     factors = {}
     for key, m in matched.items():
-        if m in gauged.uses and not effective:
-            f = 1.0 / scales[gauged.uses[m]]
-            if not (math.isfinite(f) and f > 0):
-                raise CheckpointError(f"tensor {key!r} would be scaled by {f!r}: the gauge's "
-                                      "multipliers are not finite positive numbers")
-            if f != 1.0:
-                factors[key] = f
+        if m not in gauged.uses:
+            continue
+        name = gauged.uses[m]
+        if weights == "effective":
+            f = m_src[name] if src_stored else 1.0
+        else:
+            f = 1.0 / scales[name] if src_stored else 1.0 / m_dst[name]
+        if not (math.isfinite(f) and f > 0):
+            raise CheckpointError(f"tensor {key!r} would be scaled by {f!r}: the gauge's "
+                                  "multipliers are not finite positive numbers")
+        if f != 1.0:
+            factors[key] = f
     for name in factors:
         if tensors[name].dtype not in SCALABLE:
             raise CheckpointError(f"tensor {name!r} ({tensors[name].dtype}) cannot be rescaled")
     inexact = sorted(n for n, f in factors.items() if not is_power_of_two(f))
+    if has_opt:  # the optimizer state moves by s = m_target / m_src whatever the weights do
+        inexact += sorted(f"optimizer.pt state of {n}" for n, s in scales.items()
+                          if not is_power_of_two(s))
     if exact and inexact:
         raise GaugeError(
             f"--exact: {len(inexact)} tensor(s) would be scaled by factors that are not powers of "
@@ -377,7 +437,8 @@ def convert_checkpoint(
         opt_bytes, sched_bytes, opt_lossy = _convert_trainer_state(src_path, scales, optimizer_rule,
                                                         has_sched, allow_lossy)
     new_config = dict(raw_config)
-    new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target, effective_weights=effective)
+    new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target,
+                                     effective_weights=weights == "effective")
     config_bytes = (json.dumps(new_config, indent=2, sort_keys=True) + "\n").encode()
 
     # 3. write beside DST, verify, rename into place
@@ -390,12 +451,12 @@ def convert_checkpoint(
                 outs.append(OutFile(tmp / h.path.name, h.raw, h.size,
                                     _tasks_from_header(h, factors, FileSource(h.path))))
         else:
-            for f in weights.files:
-                out = _bin_outfile(states[f], tensors, factors, tmp / weights.out_names[f])
+            for f in layout.files:
+                out = _bin_outfile(states[f], tensors, factors, tmp / layout.out_names[f])
                 outs.append(out)
-        skip = weights.consumed | {"config.json", "optimizer.pt", "scheduler.pt"}
-        if weights.kind == "safetensors" and weights.index:
-            skip.discard(weights.index)
+        skip = layout.consumed | {"config.json", "optimizer.pt", "scheduler.pt"}
+        if layout.kind == "safetensors" and layout.index:
+            skip.discard(layout.index)
         for d in tree.dirs:
             os.mkdir(tmp / d)
         copies = [f for f in tree.files if f not in skip]
@@ -417,14 +478,14 @@ def convert_checkpoint(
                 bar.close()
         for f in copies:
             shutil.copystat(src_path / f, tmp / f)
-        if weights.kind == "bin":
-            _write_bin_index(tmp, weights, outs)
+        if layout.kind == "bin":
+            _write_bin_index(tmp, layout, outs)
         _write_file(tmp / "config.json", config_bytes)
         if opt_bytes is not None:
             _write_file(tmp / "optimizer.pt", opt_bytes)
         if sched_bytes is not None:
             _write_file(tmp / "scheduler.pt", sched_bytes)
-        _verify(outs[: len(weights.files)], tmp)
+        _verify(outs[: len(layout.files)], tmp)
         old = place(tmp, dest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -440,15 +501,16 @@ def convert_checkpoint(
     return ConvertReport(
         src=str(src_path), dst=str(dest.path), model=type(model).__name__,
         from_gauge=_brief(src_cfg), to_gauge=_brief(dst_cfg),
-        shards=len(weights.files), tensors=len(tensors), scaled=scaled,
-        copied_raw=len(tensors) - scaled, bytes=sum(o.size for o in outs[: len(weights.files)]),
+        shards=len(layout.files), tensors=len(tensors), scaled=scaled,
+        copied_raw=len(tensors) - scaled, bytes=sum(o.size for o in outs[: len(layout.files)]),
         max_roundtrip_rel_error=max(rel, default=0.0), lossless=not inexact and not lossy and not opt_lossy,
         optimizer=opt_bytes is not None, scheduler=sched_bytes is not None,
         seconds=time.perf_counter() - start, snapped_to_powers_of_two=snap_pow2,
-        not_power_of_two=inexact, source_format="safetensors" if weights.kind == "safetensors"
-        else "pytorch_model.bin", ignored=ignored, left_out=weights.left_out, lossy=lossy,
+        not_power_of_two=inexact, source_format="safetensors" if layout.kind == "safetensors"
+        else "pytorch_model.bin", ignored=ignored, left_out=layout.left_out, lossy=lossy,
         notes=notes, optimizer_lossy=opt_lossy, seconds_planning=planned - start,
-        seconds_writing=written - planned,
+        seconds_writing=written - planned, weights=weights,
+        source_weights="stored" if src_stored else "effective",
     )
 
 

@@ -16,7 +16,8 @@ def bases(tmp_path_factory):
     """Read-only originals: plain GPT-2 (single and sharded), gauged GPT-2, BERT, float16 GPT-2.
 
     Width 64 at r = 1/2: every STP -> muP factor is a power of two, so converted models must
-    compute bit for bit what the originals compute.
+    compute bit for bit what the originals compute. The ``-mup`` folders hold the stored muP
+    tensors (format 1, ``weights="stored"``): sources whose conversion scales every tensor.
     """
     root = tmp_path_factory.mktemp("bases")
     gpt2 = build("gpt2", 64)
@@ -25,11 +26,12 @@ def bases(tmp_path_factory):
     build("bert", 64).save_pretrained(root / "bert")
     build("gpt2", 64, dtype=torch.float16).save_pretrained(root / "gpt2-f16")
     build("llama", 64, dtype=torch.bfloat16).save_pretrained(root / "llama-bf16")
-    convert_checkpoint(root / "gpt2", root / "gpt2-mup", "mup", richness=0.5, progress=False)
+    convert_checkpoint(root / "gpt2", root / "gpt2-mup", "mup", richness=0.5, progress=False,
+                       weights="stored")
     convert_checkpoint(root / "gpt2-f16", root / "gpt2-f16-mup", "mup", richness=0.5,
-                       progress=False)
+                       progress=False, weights="stored")
     convert_checkpoint(root / "llama-bf16", root / "llama-bf16-mup", "mup", richness=0.5,
-                       progress=False)
+                       progress=False, weights="stored")
     return root
 
 

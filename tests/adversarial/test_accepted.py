@@ -2,7 +2,9 @@
 
 Every case loads SRC with plain transformers and DST with gaugeconv (its gauge restored) and
 asserts identical outputs: at width 64 and r = 1/2 every factor is a power of two, so the
-converted model computes bit for bit what the original computes.
+converted model computes bit for bit what the original computes. DST in the default format
+(effective tensors) also loads with plain transformers as the same function; with --stored it
+does not (the negative control).
 """
 
 import json
@@ -20,11 +22,14 @@ from tests.hf.tiny import batch
 FILE = "model.safetensors"
 
 
-def _outputs(path, auto_name, gauged):
+def _model(path, auto_name, gauged):
     import transformers
 
     auto = getattr(transformers, auto_name)
-    model = (gh.from_pretrained(auto, str(path)) if gauged else auto.from_pretrained(path)).eval()
+    return (gh.from_pretrained(auto, str(path)) if gauged else auto.from_pretrained(path)).eval()
+
+
+def _outputs(model, auto_name):
     x = batch("bert" if "Masked" in auto_name or auto_name == "AutoModel" else "gpt2")
     x.pop("labels")
     with torch.no_grad():
@@ -37,16 +42,27 @@ def _convert(capsys, src, dst, *extra):
     code, out, err = run(capsys, "convert", src, dst, "--to", "mup", "-r", "0.5", "--json", *extra)
     assert code == 0, err
     assert snapshot(src) == before  # SRC untouched
-    return json.loads(out)
+    report = json.loads(out)
+    assert report["weights"] == ("stored" if "--stored" in extra else "effective")
+    return report
 
 
-def _same_outputs(src, dst, auto_name="AutoModelForCausalLM"):
-    ref = _outputs(src, auto_name, gauged=False)
-    got = _outputs(dst, auto_name, gauged=True)
-    assert torch.equal(ref, got)
-    # negative control: the converted weights read without their gauge compute something else
-    plain = _outputs(dst, auto_name, gauged=False)
-    assert not torch.allclose(ref, plain)
+def _same_outputs(src, dst, auto_name="AutoModelForCausalLM", stored=False):
+    ref = _outputs(_model(src, auto_name, gauged=False), auto_name)
+    gauged = _model(dst, auto_name, gauged=True)
+    assert gauged.config.gaugeconv["gauge"] == "mup"
+    assert torch.equal(ref, _outputs(gauged, auto_name))
+    plain = _model(dst, auto_name, gauged=False)
+    if stored:
+        # negative control: stored tensors read without their gauge compute something else
+        assert not torch.allclose(ref, _outputs(plain, auto_name))
+    else:
+        # effective tensors: any loader reads SRC's function ...
+        assert torch.equal(ref, _outputs(plain, auto_name))
+        # ... and the control: the gauge really was restored (stored tensors w = W / m moved)
+        moved = [n for n, p in gauged.named_parameters()
+                 if not torch.equal(p, plain.get_parameter(n))]
+        assert moved
 
 
 def _edit(src, change):
@@ -107,18 +123,22 @@ def test_gpt2_weights_without_base_model_prefix(make_src, tmp_path, capsys):
     _edit(src, lambda t: t.update({k.removeprefix("transformer."): t.pop(k) for k in list(t)}))
     assert "wte.weight" in load_file(src / FILE)
     report = _convert(capsys, src, tmp_path / "out")
-    assert report["scaled"] == 9 and report["ignored"] == []
+    assert report["scaled"] == 0 and report["ignored"] == []
     _same_outputs(src, tmp_path / "out")
+    report = _convert(capsys, src, tmp_path / "stored", "--stored")
+    assert report["scaled"] == 9 and report["ignored"] == []
+    _same_outputs(src, tmp_path / "stored", stored=True)
 
 
 def test_tied_tensor_present_twice(make_src, tmp_path, capsys):
     src = make_src("gpt2")
     _edit(src, lambda t: t.update({"lm_head.weight": t["transformer.wte.weight"].clone()}))
-    report = _convert(capsys, src, tmp_path / "out")
-    out = load_file(tmp_path / "out" / FILE)
-    assert report["scaled"] == 10
-    assert torch.equal(out["lm_head.weight"], out["transformer.wte.weight"])
-    _same_outputs(src, tmp_path / "out")
+    for dst, extra, scaled in (("out", (), 0), ("stored", ("--stored",), 10)):
+        report = _convert(capsys, src, tmp_path / dst, *extra)
+        out = load_file(tmp_path / dst / FILE)
+        assert report["scaled"] == scaled
+        assert torch.equal(out["lm_head.weight"], out["transformer.wte.weight"])
+        _same_outputs(src, tmp_path / dst, stored=bool(extra))
 
 
 def test_tied_tensor_stored_under_its_other_name(make_src, tmp_path, capsys):
@@ -126,6 +146,8 @@ def test_tied_tensor_stored_under_its_other_name(make_src, tmp_path, capsys):
     _edit(src, lambda t: t.update({"lm_head.weight": t.pop("transformer.wte.weight")}))
     _convert(capsys, src, tmp_path / "out")
     _same_outputs(src, tmp_path / "out")
+    _convert(capsys, src, tmp_path / "stored", "--stored")
+    _same_outputs(src, tmp_path / "stored", stored=True)
 
 
 @pytest.mark.parametrize("sharded", [False, True, "legacy"])
@@ -148,7 +170,7 @@ def test_pytorch_model_bin_is_written_as_safetensors(bases, tmp_path, capsys, sh
             {"metadata": {"total_size": 0}, "weight_map": weight_map}))
     else:
         torch.save(state, src / "pytorch_model.bin")
-    report = _convert(capsys, src, tmp_path / "out")
+    report = _convert(capsys, src, tmp_path / "out", "--stored")
     assert report["source_format"] == "pytorch_model.bin" and report["lossless"]
     names = sorted(os.listdir(tmp_path / "out"))
     if sharded is True:
@@ -157,14 +179,22 @@ def test_pytorch_model_bin_is_written_as_safetensors(bases, tmp_path, capsys, sh
     else:
         assert names == ["config.json", FILE]
     # the same tensors as converting the safetensors original
-    _convert(capsys, bases / "gpt2", tmp_path / "ref")
+    _convert(capsys, bases / "gpt2", tmp_path / "ref", "--stored")
     ref = load_file(tmp_path / "ref" / FILE)
     got = {}
     for n in names:
         if n.endswith(".safetensors"):
             got.update(load_file(tmp_path / "out" / n))
     assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
-    _same_outputs(bases / "gpt2", tmp_path / "out")
+    _same_outputs(bases / "gpt2", tmp_path / "out", stored=True)
+    # the default: the .bin's tensors as they are, in safetensors
+    _convert(capsys, src, tmp_path / "eff")
+    eff = {}
+    for n in os.listdir(tmp_path / "eff"):
+        if n.endswith(".safetensors"):
+            eff.update(load_file(tmp_path / "eff" / n))
+    assert eff.keys() == state.keys() and all(torch.equal(eff[k], state[k]) for k in state)
+    _same_outputs(bases / "gpt2", tmp_path / "eff")
 
 
 def test_hub_cache_layout_with_symlinks(bases, tmp_path, capsys):

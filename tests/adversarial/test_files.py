@@ -159,3 +159,23 @@ def test_optimizer_state_out_of_range_is_refused(make_src, tmp_path, capsys, bas
     sq.fill_(0.5)
     _opt(src, {"state": state, "param_groups": _groups(names)})
     assert run(capsys, "convert", src, tmp_path / "ok", *args)[0] == 0
+
+
+def test_optimizer_state_with_other_factors_is_not_lossless(make_src, tmp_path, capsys):
+    """The default copies a plain SRC's weights, but optimizer.pt still moves by s = m_muP / 1,
+    not a power of two at r = 1/4: not lossless, and --exact refuses, naming optimizer.pt."""
+    from tests.adversarial.helpers import run
+
+    src = make_src()
+    args = ["--to", "mup", "-r", "0.25", "--json"]
+    code, out, _ = run(capsys, "convert", src, tmp_path / "no-opt", *args)
+    report = json.loads(out)
+    assert code == 0 and report["lossless"] and report["scaled"] == 0  # the control
+    _opt(src)
+    code, out, _ = run(capsys, "convert", src, tmp_path / "opt", *args)
+    report = json.loads(out)
+    assert code == 0 and report["optimizer"] and report["scaled"] == 0
+    assert not report["lossless"]
+    assert any(n.startswith("optimizer.pt state of") for n in report["not_power_of_two"])
+    assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "exact", *args, "--exact"],
+                   "optimizer.pt state of")

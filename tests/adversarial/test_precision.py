@@ -1,5 +1,10 @@
 """Precision: an entry pushed out of its dtype's range by the scaling is an error, naming the
-tensor, unless --allow-lossy; then the report says lossless: false and names it."""
+tensor, unless --allow-lossy; then the report says lossless: false and names it.
+
+Two scaling paths: STP -> muP with --stored (plain weights divided by m_muP into stored muP
+tensors: growth) and a format-1 muP SRC -> STP in the default format 2 (stored tensors times
+m_muP into effective ones: shrinking); the bases' ``-mup`` folders are format 1.
+"""
 
 import json
 
@@ -48,7 +53,7 @@ def _setup(bases, make_src, case):
         _poke(src, name, value(factor))
     else:  # muP -> STP divides by the factor
         _poke(src, name, value(1 / factor))
-    args = ["--to", to, "--json"] + (["-r", "0.5"] if to == "mup" else [])
+    args = ["--to", to, "--json"] + (["-r", "0.5", "--stored"] if to == "mup" else [])
     return src, name, kind, args
 
 
@@ -77,7 +82,7 @@ def test_inf_and_nan_already_there_are_kept_not_created(bases, make_src, tmp_pat
     _poke(src, name, float("inf"), 0)
     _poke(src, name, float("nan"), 1)
     code, out, _ = run(capsys, "convert", src, tmp_path / "out", "--to", "mup", "-r", "0.5",
-                       "--json")
+                       "--json", "--stored")
     assert code == 0 and json.loads(out)["lossless"] is True
     a, b = load_file(src / FILE)[name].view(-1), load_file(tmp_path / "out" / FILE)[name].view(-1)
     assert torch.isinf(b[0]) and torch.isnan(b[1])
@@ -94,16 +99,37 @@ def test_exact_subnormal_results_are_lossless(bases, make_src, tmp_path, capsys)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_huge_gamma_is_refused(make_src, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["--stored"]])
+def test_huge_gamma_is_refused(make_src, tmp_path, capsys, extra):
+    """gamma = 1e300: multipliers of 1e300 are inf in float32; refused in both formats (in the
+    default one the weights would be copied, and gh.from_pretrained's W / m be zero)."""
     src = make_src("gpt2")
     assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", "--to", "mup", "-r",
-                                      "0.5", "--gamma", "1e300", "--json"], "flow")
+                                      "0.5", "--gamma", "1e300", "--json", *extra],
+                   "outside the normal range of float32")
+
+
+def test_large_gamma_underflows_stored_tensors(make_src, tmp_path, capsys):
+    """gamma = 1e36: the multipliers fit float32, but W / m of small entries underflows: the
+    streaming check refuses --stored; the default copies the weights (the control)."""
+    src = make_src("gpt2")
+    args = ["--to", "mup", "-r", "0.5", "--gamma", "1e36", "--json"]
+    assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *args, "--stored"],
+                   "underflow")
+    code, out, _ = run(capsys, "convert", src, tmp_path / "out", *args)
+    assert code == 0 and json.loads(out)["scaled"] == 0
 
 
 def test_non_power_of_two_is_not_reported_lossless(make_src, tmp_path, capsys):
     src = make_src("gpt2")
     code, out, _ = run(capsys, "convert", src, tmp_path / "out", "--to", "mup", "-r", "0.25",
-                       "--json")
+                       "--json", "--stored")
     report = json.loads(out)
     assert code == 0 and report["lossless"] is False and report["not_power_of_two"]
     assert 0 < report["max_roundtrip_rel_error"] < 1e-6
+    # the control: the default (effective tensors) copies the weights, nothing is rounded
+    code, out, _ = run(capsys, "convert", src, tmp_path / "eff", "--to", "mup", "-r", "0.25",
+                       "--json")
+    report = json.loads(out)
+    assert code == 0 and report["lossless"] is True and report["scaled"] == 0
+    assert (tmp_path / "eff" / FILE).read_bytes() == (src / FILE).read_bytes()
