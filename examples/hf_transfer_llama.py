@@ -4,8 +4,8 @@ and once as the standard parameterization that people train by default (a plain
 ``LlamaForCausalLM`` with transformers' own init, std 0.02, and the stock ``Trainer``'s AdamW with
 one global lr), and compare how the optimal lr moves with width.
 
-Run:  python examples/hf_transfer_llama.py [--widths 64,128,256,512] [--steps 40] [--seeds 2]
-      [--plot docs/transfer_hf_llama.png]
+Run:  python examples/hf_transfer_llama.py [--widths 64,128,256] [--log2-lr=-8,2] [--steps 40]
+      [--seeds 2] [--plot docs/transfer_hf_llama.png]
 
 Tiny models from configs, synthetic token data (``gaugeconv.data.token_data``: arithmetic
 progressions modulo a 64-token vocabulary), no downloads. Two layers, 4 heads whose size grows
@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback, Trainer, TrainingArguments
 
 import gaugeconv.hf as gh
 from gaugeconv.data import Dataset, token_data
@@ -72,6 +72,7 @@ def runner(kind: str, steps: int, train: Tokens, test: Tokens, out_dir: str):
             log_level="error", per_device_eval_batch_size=256)
         cls = gh.GaugeTrainer if kind == "mup" else Trainer
         trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=test)
+        trainer.remove_callback(PrinterCallback)  # no log line per evaluation
         init_loss = trainer.evaluate(train)["eval_loss"]
         trainer.train()
         train_loss = trainer.evaluate(train)["eval_loss"]
@@ -85,7 +86,7 @@ def runner(kind: str, steps: int, train: Tokens, test: Tokens, out_dir: str):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--widths", default="64,128,256,512")
+    p.add_argument("--widths", default="64,128,256")
     p.add_argument("--log2-lr", default="-8,2", help="lr grid 2^LO .. 2^HI, one point per octave")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--seeds", type=int, default=2)

@@ -88,16 +88,18 @@ def _cfg(optimizer, **kw):
     return TransferConfig(**args)
 
 
-def test_sp_drifts_and_mup_transfers():
-    """Adam, widths 64-256: muP's optimal lr stays put, SP's falls with width (and is reported)."""
-    rep = transfer_check(_cfg("adam", log2_lr=(-9, 2)), gauges=("mup",))
+@pytest.mark.parametrize("optimizer,grid", [("adam", (-9, 2)), ("sgd", (-3, 4))])
+def test_sp_drifts_and_mup_transfers(optimizer, grid):
+    """Widths 64-256: muP's optimal lr stays put, SP's falls with width (and is reported so)."""
+    rep = transfer_check(_cfg(optimizer, log2_lr=grid), gauges=("mup",))
     mup, sp = rep.sweeps["mup"].analysis, rep.sweeps["sp"].analysis
     assert rep.verdicts["transfers"] and mup["transfer"] == "stable", mup["drift"]
     assert abs(mup["drift"]) <= 0.1 and mup["wider_not_worse"]
-    assert sp["transfer"] == "drifts" and sp["drift"] < -0.4, sp["drift"]
+    assert sp["transfer"] == "drifts" and sp["drift"] < -0.3, sp["drift"]
     assert rep.verdicts["control_drifts"] and rep.passed
-    # the optima are interior and the table names them
-    assert set(mup["optimum_status"]) == {"interior"}
+    # optima inside the grid (plain SGD's sits at its edge of stability: next to a blow-up)
+    assert set(mup["optimum_status"]) <= {"interior", "neighbour-diverged"}
+    assert set(sp["optimum_status"]) == {"interior"}
     assert "negative control (SP, one global lr): drifts" in format_report(rep)
 
 

@@ -24,6 +24,19 @@ def _pyplot():
     return plt
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log-scale y ticks at 1, 2, 5 x 10^k written as plain numbers (0.05, 0.1, 0.2)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _optimizer_name(name: str) -> str:
+    return {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(name, name)
+
+
 def _title(label: str, r: float | None) -> str:
     if label in SWEEP_TITLES and label != "sp" and r is not None:
         return f"{SWEEP_TITLES[label]}, r = {r:g}"
@@ -58,10 +71,12 @@ def plot_lr_sweeps(rows: Sequence[tuple[str, Mapping[str, Sweep]]], path: str | 
                     ax.plot([2.0 ** a["optimum_log2_lr"][wi]], [a["optimum_loss"][wi]],
                             marker="*", ms=11, color=color, mec="black", mew=0.6, zorder=5)
             ax.set_xscale("log", base=2)
+            ax.set_xlim(sweep.lrs[0] / 1.25, sweep.lrs[-1] * 1.25)
             ax.set_yscale("log")
             if finite:
                 top = max(start) * 1.3 if start else max(finite)
                 ax.set_ylim(min(finite) * 0.8, min(max(finite), top) * 1.05)
+            _plain_log_ticks(ax)
             verdict = a["transfer"]
             color = {"stable": "C2", "drifts": "C3"}.get(verdict, "C1")
             ax.set_title(f"{_title(label, richness)}\ndrift {a['drift']:+.2f} \u00b1 "
@@ -71,7 +86,7 @@ def plot_lr_sweeps(rows: Sequence[tuple[str, Mapping[str, Sweep]]], path: str | 
                 ax.set_ylabel(f"{row_name}\n{_METRIC_NAMES.get(a['metric'], a['metric'])}",
                               fontsize=9)
             if i == len(rows) - 1:
-                ax.set_xlabel("base learning rate eta", fontsize=9)
+                ax.set_xlabel("base learning rate \u03b7", fontsize=9)
             ax.tick_params(labelsize=7)
             ax.grid(True, which="major", alpha=0.3)
             if i == 0 and j == 0:
@@ -90,8 +105,7 @@ def plot_transfer(reports: Sequence[TransferReport], path: str | Path) -> Path:
     rows = []
     for rep in reports:
         keep = {k: s for k, s in rep.sweeps.items() if not k.startswith("r=")}
-        rows.append((rep.config["optimizer"].upper() if rep.config["optimizer"] == "sgd"
-                     else rep.config["optimizer"].capitalize(), keep))
+        rows.append((_optimizer_name(rep.config["optimizer"]), keep))
     c = reports[0].config
     gauges = reports[0].gauge_check
     same = ("identical curves in every gauge" if gauges.get("identical")
@@ -106,7 +120,7 @@ def plot_richness_axis(reports: Sequence[TransferReport], path: str | Path) -> P
     solid the best training loss (mean over seeds, bars: seed spread), dashed the held-out loss
     at that optimum."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(reports), figsize=(4.6 * len(reports), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(reports), figsize=(4.6 * len(reports), 4.2), squeeze=False)
     for ax, rep in zip(axes[0], reports):
         r_main = rep.config["richness"]
         main = "mup" if "mup" in rep.sweeps else rep.config["gauges"][0]
@@ -130,16 +144,25 @@ def plot_richness_axis(reports: Sequence[TransferReport], path: str | Path) -> P
                     marker=".", label=f"{name}: held-out")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        widths = rep.config["widths"]
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.minorticks_off()
         ax.set_xlabel("width n", fontsize=9)
         ax.set_ylabel("loss at the best lr", fontsize=9)
-        ax.set_title(f"{rep.config['optimizer']}: best loss vs width", fontsize=10)
+        _plain_log_ticks(ax)
+        ax.set_title(f"{_optimizer_name(rep.config['optimizer'])}: best loss vs width",
+                     fontsize=10)
         ax.tick_params(labelsize=7)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6.5, ncol=2)
+        ax.grid(True, which="major", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: ("held-out" in labels[k], k))
+    fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="lower center",
+               ncol=(len(labels) + 1) // 2, fontsize=7, frameon=False)
     c = reports[0].config
-    fig.suptitle(f"richness axis: lazy (r = 0) to rich (r = 1/2), reference MLP on digits, "
-                 f"{c['steps']} steps, {c['seeds']} seeds", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.suptitle(f"richness axis, lazy (r = 0) to rich (r = 1/2): reference MLP on digits, "
+                 f"{c['steps']} steps, {c['seeds']} seeds\nsolid: best training loss (bars: "
+                 "range over seeds); dashed: held-out loss at that lr", fontsize=9)
+    fig.tight_layout(rect=(0, 0.13, 1, 0.92))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
