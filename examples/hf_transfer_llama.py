@@ -4,7 +4,7 @@ and once as the standard parameterization that people train by default (a plain
 ``LlamaForCausalLM`` with transformers' own init, std 0.02, and the stock ``Trainer``'s AdamW with
 one global lr), and compare how the optimal lr moves with width.
 
-Run:  python examples/hf_transfer_llama.py [--widths 64,128,256] [--log2-lr=-8,2] [--steps 40]
+Run:  python examples/hf_transfer_llama.py [--widths 64,128,256] [--log2-lr=-11,1] [--steps 40]
       [--seeds 2] [--plot docs/transfer_hf_llama.png]
 
 Tiny models from configs, synthetic token data (``gaugeconv.data.token_data``: arithmetic
@@ -87,7 +87,7 @@ def runner(kind: str, steps: int, train: Tokens, test: Tokens, out_dir: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", default="64,128,256")
-    p.add_argument("--log2-lr", default="-8,2", help="lr grid 2^LO .. 2^HI, one point per octave")
+    p.add_argument("--log2-lr", default="-11,1", help="lr grid 2^LO .. 2^HI, one point per octave")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--plot", default="docs/transfer_hf_llama.png")

@@ -469,15 +469,16 @@ def _add_transfer(sub: Any) -> None:
         description="muTransfer, measured. Train the reference MLP (tanh, depth 3) on "
         "scikit-learn's digits (a fixed 75/25 train/held-out split) at every base lr of a "
         "log2 grid, at several widths and seeds, for a fixed number of minibatch steps "
-        "(linear warm-up over 10%%, then linear decay to 0); interpolate the optimal lr per "
+        "(linear warm-up over 10% of them, then linear decay to 0); interpolate the optimal lr per "
         "width and fit its drift per doubling of width (mean and standard error over seeds). "
         "Verdicts: at --richness the optimum is stable (|drift| <= max(--tolerance, 3 stderr)) "
         "and wider is not worse; the same sweep run in the STP, muP and rescaling gauges is "
         "identical (bit for bit where every gauge factor is a power of two); the standard "
         "parameterization with one global lr (SP, the negative control) drifts. "
         "The default (widths 64-512, 1 lr per octave, 2 seeds, 60 steps, SGD and Adam) is the "
-        "quick check, about 2 minutes of CPU time on 2 cores; the README's figures use "
-        "--widths 64,128,256,512,1024,2048 --per-octave 2 --seeds 3 --richness-axis 0,0.25.",
+        "quick check (fewer widths and lrs than the README's figures, which use --widths "
+        "64,128,256,512,1024 --per-octave 2 --richness-axis 0,0.25 and wider lr grids: "
+        "about 8 minutes of CPU time per optimizer).",
     )
     p.add_argument("--richness", "-r", type=_richness, default=0.5)
     p.add_argument("--optimizer", choices=["sgd", "adam", "both"], default="both")

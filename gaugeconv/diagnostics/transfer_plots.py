@@ -120,7 +120,8 @@ def plot_richness_axis(reports: Sequence[TransferReport], path: str | Path) -> P
     solid the best training loss (mean over seeds, bars: seed spread), dashed the held-out loss
     at that optimum."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(reports), figsize=(4.6 * len(reports), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(reports), figsize=(4.6 * len(reports) + 2.4, 4.0),
+                             squeeze=False)
     for ax, rep in zip(axes[0], reports):
         r_main = rep.config["richness"]
         main = "mup" if "mup" in rep.sweeps else rep.config["gauges"][0]
@@ -156,13 +157,15 @@ def plot_richness_axis(reports: Sequence[TransferReport], path: str | Path) -> P
         ax.grid(True, which="major", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda k: ("held-out" in labels[k], k))
-    fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="lower center",
-               ncol=(len(labels) + 1) // 2, fontsize=7, frameon=False)
+    fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="center right",
+               fontsize=7.5, frameon=False)
     c = reports[0].config
     fig.suptitle(f"richness axis, lazy (r = 0) to rich (r = 1/2): reference MLP on digits, "
                  f"{c['steps']} steps, {c['seeds']} seeds\nsolid: best training loss (bars: "
                  "range over seeds); dashed: held-out loss at that lr", fontsize=9)
-    fig.tight_layout(rect=(0, 0.13, 1, 0.92))
+    width = fig.get_figwidth()
+    fig.subplots_adjust(left=0.8 / width, right=1 - 2.2 / width, top=0.8, bottom=0.13,
+                        wspace=0.3)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
