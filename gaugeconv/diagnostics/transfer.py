@@ -327,19 +327,29 @@ def _rel(a: float, b: float) -> float:
 
 
 def compare_sweeps(ref: Sweep, other: Sweep) -> dict[str, Any]:
-    """Per width: are all metrics of all runs bit-identical; the largest and the median (over
-    runs) relative difference of the final training loss."""
-    identical, worst, median = [], [], []
+    """Per width: are all metrics of all runs bit-identical; the largest and the median relative
+    difference of the final training loss over the runs that trained (final loss finite and not
+    above the loss at init in the reference); ``blown_up`` counts the runs that did not."""
+    identical, worst, median, blown = [], [], [], []
     for wi in range(len(ref.widths)):
         pairs = [(ref.metrics[m][s][wi][li], other.metrics[m][s][wi][li])
                  for m in METRICS for s in range(ref.seeds) for li in range(len(ref.lrs))]
         identical.append(all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in pairs))
-        rel = sorted(_rel(ref.metrics["train_loss"][s][wi][li],
-                          other.metrics["train_loss"][s][wi][li])
-                     for s in range(ref.seeds) for li in range(len(ref.lrs)))
-        worst.append(rel[-1])
-        median.append(rel[len(rel) // 2])
-    return {"bit_identical": identical, "max_rel_diff": worst, "median_rel_diff": median}
+        rel, out = [], 0
+        for s in range(ref.seeds):
+            for li in range(len(ref.lrs)):
+                a, b = ref.metrics["train_loss"][s][wi][li], other.metrics["train_loss"][s][wi][li]
+                init = ref.metrics["init_loss"][s][wi][li]
+                if math.isfinite(a) and not a > init:
+                    rel.append(_rel(a, b))
+                else:
+                    out += 1
+        rel.sort()
+        worst.append(rel[-1] if rel else math.nan)
+        median.append(rel[len(rel) // 2] if rel else math.nan)
+        blown.append(out)
+    return {"bit_identical": identical, "max_rel_diff": worst, "median_rel_diff": median,
+            "blown_up": blown}
 
 
 def _pow2(x: float) -> bool:
@@ -416,7 +426,7 @@ def transfer_check(
         # near the edge of stability, so off powers of two the median run is judged
         ok = all(
             (c["bit_identical"][wi] if c["power_of_two"][wi]
-             else c["median_rel_diff"][wi] <= cfg.gauge_tolerance)
+             else not c["median_rel_diff"][wi] > cfg.gauge_tolerance)
             for c in comparisons.values() for wi in range(len(cfg.widths)))
         gauge_check.update(
             reference=gauges[0], comparisons=comparisons, identical=ok,
