@@ -58,13 +58,19 @@ def tiny_llama(width: int, seed: int) -> LlamaForCausalLM:
         bos_token_id=0, eos_token_id=0, pad_token_id=0))
 
 
-def runner(kind: str, steps: int, train: Tokens, test: Tokens, out_dir: str):
-    """(width, seed, lr) -> final training and held-out loss, for 'mup' or 'sp'."""
+def runner(kind: str, steps: int, train: Tokens, test: Tokens, out_dir: str,
+           base_head_dim: int | None = 16):
+    """(width, seed, lr) -> final training and held-out loss, for 'mup' or 'sp'.
+
+    base_head_dim: the attention logit scale of richness r (hf/attention.py), 1/sqrt(d0) * d0/d
+    with d0 the head dimension at width 64; None keeps transformers' 1/sqrt(d) at every width.
+    """
 
     def run(width: int, seed: int, lr: float) -> dict[str, float]:
         model = tiny_llama(width, seed)
         if kind == "mup":
-            gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", optimizer="adam"))
+            gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", optimizer="adam",
+                                                 attention_base_head_dim=base_head_dim))
             gh.initialize(model, seed)  # the init table of r = 1/2 (effective std per role)
         args = TrainingArguments(
             out_dir, max_steps=steps, per_device_train_batch_size=16, learning_rate=lr,
@@ -93,6 +99,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--plot", default="docs/transfer_hf_llama.png")
+    p.add_argument("--sqrt-d-attention", action="store_true",
+                   help="keep transformers' 1/sqrt(d_head) logit scale in the muP runs (the "
+                   "pre-issue-13 setup) instead of richness 1/2's 1/d_head")
     args = p.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     lo, hi = (float(x) for x in args.log2_lr.split(","))
@@ -107,8 +116,9 @@ def main() -> None:
             tqdm(total=2 * len(widths) * len(lrs) * args.seeds, unit="run") as bar:
         for kind in ("mup", "sp"):
             bar.set_postfix_str(kind)
-            sweeps[kind] = lr_sweep(runner(kind, args.steps, train, test, tmp), widths, lrs,
-                                    args.seeds, kind, bar=bar)
+            base = None if args.sqrt_d_attention else 16  # head dim at width 64 (4 heads)
+            sweeps[kind] = lr_sweep(runner(kind, args.steps, train, test, tmp, base), widths,
+                                    lrs, args.seeds, kind, bar=bar)
             analyse_sweep(sweeps[kind], "train_loss")
     print(f"\ntiny Llama (2 layers), AdamW, {args.steps} steps, {args.seeds} seeds, lr 2^{lo:g} .. "
           f"2^{hi:g}; {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s "
