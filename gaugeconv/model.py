@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import GaugeError, UnsupportedOptimizerError
 from .gauges import Gauge
-from .multipliers import Multipliers, mark_fsdp_sharded, unfold
+from .multipliers import Multipliers, check_unfold, mark_fsdp_sharded, unfold
 from .optim_rules import DEFAULT_REGISTRY, LR_KEYS, OptimizerRegistry, OptimizerRule
 from .plan import Parameterization, TensorPlan, check_covers
 
@@ -281,6 +281,9 @@ class GaugedModel:
         if self.parameterization.multipliers != {n: 1.0 for n in self.plans}:
             raise GaugeError("set_from_effective needs a module whose multipliers are all 1")
         m = parameterization.multipliers
+        for name, p in self.module.named_parameters():  # refuse before anything changes
+            if m[name] != 1.0:
+                check_unfold(p.detach(), m[name], name)
         self.hooks.set(self.use_multipliers(parameterization))  # may refuse: nothing changed yet
         for name, p in self.module.named_parameters():
             if m[name] != 1.0:

@@ -49,7 +49,7 @@ from .tensor_ops import is_power_of_two
 
 __all__ = [
     "Multipliers", "GaugedModuleMixin", "multipliers_of", "is_gauged_module", "unfold", "M_ATTR",
-    "mark_fsdp_sharded",
+    "mark_fsdp_sharded", "check_unfold",
 ]
 
 M_ATTR = "_gaugeconv_m"  # per-instance dict: attribute name -> multiplier
@@ -87,6 +87,28 @@ def unfold(effective: torch.Tensor, m: float) -> torch.Tensor:
             w = torch.where(miss & ((step * m) == effective), step, w)
             miss = (w * m) != effective
     return w
+
+
+@torch.no_grad()
+def check_unfold(effective: torch.Tensor, m: float, name: str) -> None:
+    """Refuse an effective tensor whose stored form W / m leaves the dtype's range.
+
+    A finite nonzero W whose w = W/m becomes 0 or inf would compute another function in the
+    gauge (an extreme gamma, a float16 model): a GaugeError naming the tensor, raised before
+    anything is changed.
+    """
+    if not effective.is_floating_point() or effective.is_meta or effective.numel() == 0:
+        return
+    w = effective / m
+    lost = torch.isfinite(effective) & (effective != 0) & ((w == 0) | ~torch.isfinite(w))
+    count = int(lost.sum())
+    if count:
+        raise GaugeError(
+            f"{name}: {count} entr{'y' if count == 1 else 'ies'} of the effective tensor "
+            f"underflow or overflow in {effective.dtype} when stored with multiplier {m!r} "
+            "(w = W/m); choose a gauge with smaller multipliers (STP stores W itself) or a wider "
+            "dtype"
+        )
 
 
 def _property(name: str) -> property:
@@ -184,6 +206,7 @@ class GaugedModuleMixin:
             for name, m in self._gaugeconv_m.items():
                 value = state_dict.get(prefix + name)
                 if isinstance(value, torch.Tensor):
+                    check_unfold(value, m, prefix + name)
                     state_dict[prefix + name] = unfold(value, m)
         return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -49,3 +49,20 @@ def test_reads_under_no_grad_compute_the_same_function():
     assert torch.equal(a, x @ (lin._parameters["weight"].detach() * m).T)
     # the stored tensor alone is another function (the multiplier is really applied)
     assert not torch.allclose(a, x @ lin._parameters["weight"].detach().T)
+
+
+def test_effective_tensors_that_underflow_in_the_gauge_are_refused():
+    """Loading effective tensors into a gauge whose w = W/m leaves float16's range is loud."""
+    lin = _gauged("mup").half()
+    m = lin._gaugeconv_m["weight"]
+    tiny = torch.full((8, 8), 6e-8, dtype=torch.float16)  # a float16 subnormal
+    before = lin._parameters["weight"].detach().clone()
+    lin._gaugeconv_m["weight"] = 1e6  # an extreme multiplier: W/m underflows to 0
+    with pytest.raises(Exception, match="weight: 64 entries .* underflow or overflow"):
+        lin.load_state_dict({"weight": tiny})
+    assert torch.equal(lin._parameters["weight"], before)
+    # negative control: the gauge's own multiplier stores the same W without loss
+    lin._gaugeconv_m["weight"] = m
+    lin.load_state_dict({"weight": torch.full((8, 8), 0.5, dtype=torch.float16)})
+    with torch.no_grad():
+        assert torch.equal(lin.weight, torch.full((8, 8), 0.5, dtype=torch.float16))
