@@ -499,18 +499,12 @@ MEASURED_FIELDS = ("multiplier", "init_std", "lr", "fan_in")
 
 def _read_measured(path: str) -> dict[int, dict[str, dict[str, float]]]:
     """classify --measured FILE: {width: {role: {multiplier, init_std, lr, fan_in}}}, checked."""
-    from pathlib import Path
+    from .jsonfile import read_json
 
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = read_json(path, f"--measured {path}")
     except OSError as err:
         raise GaugeError(f"--measured {path}: cannot read it ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise GaugeError(f"--measured {path}: not UTF-8 text") from None
-    except json.JSONDecodeError as err:
-        raise GaugeError(f"--measured {path}: not valid JSON ({err})") from None
-    except RecursionError:
-        raise GaugeError(f"--measured {path}: nested too deeply") from None
     if not isinstance(raw, dict):
         raise GaugeError(f"--measured {path}: expected an object {{width: {{role: {{...}}}}}}, "
                          f"not a {type(raw).__name__}")

@@ -12,13 +12,13 @@ or ``.bin`` beside safetensors) are left out of DST, since they would not be con
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..jsonfile import read_json as _read_json
 from .placement import FileId, file_id
 from .safetensors_io import CheckpointError
 
@@ -82,16 +82,8 @@ def walk_src(src: Path) -> SrcTree:
 
 
 def read_json(path: Path, what: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{what} is not UTF-8 text") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{what} is not valid JSON ({err})") from None
-    except RecursionError:
-        raise CheckpointError(f"{what} is nested too deeply") from None
+    """A JSON file of SRC (index, config), its errors as CheckpointError."""
+    return _read_json(path, what, CheckpointError)
 
 
 @dataclass

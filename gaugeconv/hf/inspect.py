@@ -10,12 +10,12 @@ arbitrary transformers attribute such as ``pipeline``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import GaugeError
+from ..jsonfile import read_json
 from .config import CONFIG_KEY, GaugeConfig
 
 __all__ = ["roles_of_folder", "model_class_for", "meta_model", "read_config", "model_classes"]
@@ -26,14 +26,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise GaugeError(f"{path} has no config.json: not a save_pretrained folder")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise GaugeError(f"{file} is not UTF-8 text") from None
-    except json.JSONDecodeError as err:
-        raise GaugeError(f"{file} is not valid JSON ({err})") from None
-    except RecursionError:
-        raise GaugeError(f"{file} is nested too deeply") from None
+    raw = read_json(file, str(file))
     if not isinstance(raw, dict):
         raise GaugeError(f"{file} holds a {type(raw).__name__}, not a JSON object")
     model_type = raw.get("model_type")
