@@ -31,8 +31,8 @@ siblings differ. For an architecture whose own scale goes like d^e (e = -1/2 for
 
     s(d) = s_arch(d) * (d0 / d)^(p + e),   p = LOGIT_EXPONENT = 1,
 
-i.e. (1/sqrt(d0)) * (d0/d) for the usual 1/sqrt(d). e is measured, like the roles, by
-building the architecture at twice the width on the meta device. The scale is a property of
+i.e. (1/sqrt(d0)) * (d0/d) for the usual 1/sqrt(d). e is measured on the twin that role inference builds
+(hf/roles.py twin_model: the config at twice the width, meta device). The scale is a property of
 the richness, never of the gauge: gauge conversions leave it alone.
 
 It is set through the attention modules' own ``scaling`` attribute, which transformers 5
@@ -43,17 +43,16 @@ would have to change (d != d0) ``apply_attention_scale`` refuses them by name.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import GaugeError
 from .config import GaugeConfig
+from .roles import twin_model
 
 __all__ = [
     "LOGIT_EXPONENT", "AttentionScale", "attention_modules", "unsupported_attention",
@@ -64,9 +63,6 @@ LOGIT_EXPONENT = 1.0  # s ~ d^-1 at every richness r in [0, 1/2] (module docstri
 
 _NATIVE = "_gaugeconv_native_scaling"  # per-instance: the architecture's own scale
 _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")
-_WIDTH_FIELDS = ("hidden_size", "n_embd", "d_model", "dim", "intermediate_size", "n_inner",
-                 "ffn_dim", "d_ff", "head_dim", "encoder_ffn_dim", "decoder_ffn_dim",
-                 "hidden_dim", "d_kv")
 
 
 @dataclass(frozen=True)
@@ -159,28 +155,10 @@ def with_attention_base(model: nn.Module, config: GaugeConfig,
     return config.replace(attention_base_head_dim=dims[0])
 
 
-def _native_exponents(model: nn.Module) -> dict[str, float]:
+def _native_exponents(model: nn.Module, config: GaugeConfig) -> dict[str, float]:
     """e per attention module: how the architecture's own scale moves with the head dimension,
-    measured on a twin at twice the width (meta device, no memory)."""
-    config = getattr(model, "config", None)
-    if config is None:
-        raise GaugeError(f"{type(model).__name__} has no .config to build a wider twin from")
-    wide = copy.deepcopy(config)
-    for field in _WIDTH_FIELDS:
-        value = getattr(config, field, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            try:
-                setattr(wide, field, 2 * value)
-            except AttributeError:  # a derived property (FalconConfig.head_dim)
-                pass
-    with torch.device("meta"):
-        try:
-            twin = type(model)(wide)
-        except Exception as err:
-            raise GaugeError(
-                f"could not build {type(model).__name__} at twice the width to see how its "
-                f"attention scale moves with the head dimension ({err})"
-            ) from err
+    measured on the twin at twice the width that role inference builds (meta device)."""
+    twin, _ = twin_model(model, config)
     twins = dict(attention_modules(twin))
     out = {}
     for name, module in attention_modules(model):
@@ -216,7 +194,7 @@ def apply_attention_scale(model: nn.Module, config: GaugeConfig) -> list[Attenti
         )
     modules = list(attention_modules(model))
     moving = [(n, m) for n, m in modules if _head_dim(m) != d0]
-    exponents = _native_exponents(model) if moving else {}
+    exponents = _native_exponents(model, config) if moving else {}
     out = []
     for name, module in modules:  # everything is computed before anything is set
         native = _native(module)

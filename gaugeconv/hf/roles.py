@@ -36,7 +36,7 @@ from .width_scaling import WIDTH_FIELDS, ScaledField, wider_config, width_of
 
 __all__ = [
     "WIDTH_FIELDS", "infer_specs", "TensorRoleInfo", "width_of", "role_counts", "role_flags",
-    "role_verdict", "scaled_fields",
+    "role_verdict", "scaled_fields", "twin_model",
 ]
 
 _ROLE = {
@@ -61,9 +61,10 @@ class TensorRoleInfo:
     use_roles: tuple[Role, ...] = ()  # the role of each use (a tied tensor has several)
 
 
-def _twin_shapes(
-    model: nn.Module, config: GaugeConfig
-) -> tuple[dict[str, tuple[int, ...]], list[ScaledField]]:
+def twin_model(model: nn.Module, config: GaugeConfig) -> tuple[nn.Module, list[ScaledField]]:
+    """The model built at twice the width on the meta device (no memory), with the config
+    fields that grew (hf/width_scaling.py); LoRA adapters are added as on the model. Role
+    inference compares its shapes, the attention scale its head dimensions and scales."""
     hf_config = getattr(model, "config", None)
     if hf_config is None:
         raise RoleError(f"{type(model).__name__} has no .config: pass a PreTrainedModel")
@@ -80,6 +81,13 @@ def _twin_shapes(
         from .peft import adapters_like  # LoRA layers: the twin gets the same adapters
 
         twin = adapters_like(model, twin)
+    return twin, report
+
+
+def _twin_shapes(
+    model: nn.Module, config: GaugeConfig
+) -> tuple[dict[str, tuple[int, ...]], list[ScaledField]]:
+    twin, report = twin_model(model, config)
     shapes = {n: tuple(p.shape) for n, p in twin.named_parameters(remove_duplicate=False)}
     return shapes, report
 
