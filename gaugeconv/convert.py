@@ -11,7 +11,7 @@ schedulers as they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,7 +40,8 @@ def _flatten_schedulers(schedulers: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _check_groups(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> None:
+def check_groups(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> None:
+    """Every tensor of every optimizer group is a parameter of the model (names: id -> name)."""
     for i, group in enumerate(optimizer.param_groups):
         for p in group["params"]:
             if id(p) not in names:
@@ -129,7 +130,7 @@ def convert(
     if optimizer is not None:
         rule = rule or gauged.rule_for(optimizer)
         names = {id(p): n for n, p in params.items()}
-        _check_groups(optimizer, names)
+        check_groups(optimizer, names)
         for p, state in optimizer.state.items():
             rule.check_state(state, names.get(id(p), "a tensor"))
         _check_schedulers(schedulers, optimizer)

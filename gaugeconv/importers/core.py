@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..convert import check_groups
 from ..errors import GaugeError
 from ..gauges import Custom
 from ..model import GaugedModel
@@ -88,14 +89,10 @@ def stored_hypers_of(
     optimizer: torch.optim.Optimizer, names: Mapping[int, str], rule: OptimizerRule
 ) -> dict[str, StoredHypers]:
     """Per stored tensor, the hyperparameters of the group that holds it (initial_lr if set)."""
+    check_groups(optimizer, names)
     out: dict[str, StoredHypers] = {}
-    for i, group in enumerate(optimizer.param_groups):
+    for group in optimizer.param_groups:
         for p in group["params"]:
-            if id(p) not in names:
-                raise GaugeError(
-                    f"optimizer group {i} holds a tensor of shape {tuple(p.shape)} that is not a "
-                    "parameter of the model"
-                )
             name = names[id(p)]
             if name in out:
                 raise GaugeError(f"{name!r} appears in two optimizer groups")
