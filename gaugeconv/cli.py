@@ -292,7 +292,10 @@ def _add_convert(sub: Any) -> None:
         "same function, which AutoModel*.from_pretrained and vLLM load as it is and "
         "gaugeconv.hf.from_pretrained puts back in gauge --to; a plain or format-2 SRC's weights "
         "are copied unchanged, a format-1 SRC's are scaled to effective tensors. optimizer.pt "
-        "and scheduler.pt are converted to gauge --to.",
+        "and scheduler.pt are converted to the units DST's form trains in: --form plain (the "
+        "default: the model stays a plain model and its optimizer is the STP gauge's, so a gauge "
+        "change moves only the label) or --form materialized (stored tensors and multipliers in "
+        "the forward, the optimizer in the gauge's stored units).",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
@@ -317,6 +320,9 @@ def _add_convert(sub: Any) -> None:
     p.add_argument("--allow-unusual-roles", action="store_true",
                    help="confirm roles with no readout, no hidden tensor or only fixed tensors "
                    "(a headless encoder such as BertModel), refused otherwise; for a plain SRC")
+    p.add_argument("--form", choices=["plain", "materialized"], default=None,
+                   help="the form DST loads in with gaugeconv.hf.from_pretrained, and the units of "
+                   "its optimizer.pt (default: plain; materialized with --stored)")
     p.add_argument("--stored", action="store_true",
                    help="write the stored tensors of gauge --to (format_version 1) instead of "
                    "effective ones. WARNING: plain loaders (AutoModel*.from_pretrained, vLLM) "
@@ -344,7 +350,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             snap_pow2=args.snap_pow2, overwrite=args.overwrite, progress=not args.json,
             allow_lossy=args.allow_lossy, workers=args.workers,
             allow_unusual_roles=args.allow_unusual_roles,
-            weights="stored" if args.stored else "effective",
+            weights="stored" if args.stored else "effective", form=args.form,
         )
     except OSError as err:  # a full or read-only disk, a permission: the real error, one line
         raise GaugeError(str(err)) from None
@@ -362,7 +368,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
         return 0
     print(f"{report.src} -> {report.dst}  ({report.model})")
-    print(f"gauge {report.from_gauge['gauge']} -> {report.to_gauge['gauge']} at "
+    print(f"gauge {report.from_gauge['gauge']} ({report.source_form}) -> "
+          f"{report.to_gauge['gauge']} ({report.form}) at "
           f"r={report.to_gauge['richness']:g}, {report.shards} shard(s), {report.tensors} tensors "
           f"({report.scaled} rescaled, {report.copied_raw} copied as raw bytes), "
           f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s")

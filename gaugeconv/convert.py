@@ -1,4 +1,4 @@
-"""Live gauge conversion of a model, its optimizer and its LR schedulers (THEORY.md section 4).
+"""Live gauge (and form) conversion of a model, its optimizer and its LR schedulers (THEORY.md 4).
 
 Per tensor, s = m_new / m_old. The stored tensor becomes w/s (its pending gradient s*grad);
 each optimizer group gets the section-4 hyperparameter rules (lr * s**-(1+k), eps * s, weight
@@ -108,19 +108,46 @@ def _check_schedulers(schedulers: list[Any], optimizer: Any) -> None:
 
 def convert(
     gauged: GaugedModel,
-    to: Gauge | str | Parameterization,
+    to: Gauge | str | Parameterization | None,
     optimizer: torch.optim.Optimizer | None = None,
     schedulers: Iterable[Any] = (),
     rule: OptimizerRule | None = None,
+    form: str | None = None,
 ) -> dict[str, float]:
-    """Move a live model (and its optimizer and schedulers) to another gauge, in place.
+    """Move a live model (and its optimizer and schedulers) to another gauge or form, in place.
 
-    Training continues on exactly the trajectory it would have followed: identical effective
-    weights, outputs and losses in exact arithmetic, bit-identical when every s is a power of
-    two. Returns the per-tensor factors s = m_new / m_old.
+    ``to``: the target gauge (None: the current one); ``form``: "plain" or "materialized"
+    (None: the current one). What moves is the parameterization the stored tensors are in
+    (``GaugedModel.applied``): between two materialized gauges, or between the forms, each
+    stored tensor's multiplier moves by s and the section-4 rules apply; a gauge change in plain
+    form moves nothing but the label (both sides compute with the same effective tensors and
+    the same STP groups). Training continues on exactly the trajectory it would have followed:
+    identical effective weights, outputs and losses in exact arithmetic, bit-identical when
+    every s is a power of two. Returns the per-tensor factors s = m_new / m_old.
     """
-    old = gauged.parameterization
-    new = to if isinstance(to, Parameterization) else old.with_gauge(to)
+    from .forms import check_form
+
+    if optimizer is not None:
+        pending = gauged.pending_changes()
+        if pending:
+            raise ConversionError(
+                f"the model changed since its optimizer was built ({pending[0]}): the optimizer "
+                "state of such tensors is in unknown units; build a new optimizer after the "
+                "change (make_optimizer syncs the gauge), then convert"
+            )
+    else:
+        gauged.sync()
+    old_named = gauged.parameterization
+    if to is None:
+        new_named = old_named
+    elif isinstance(to, Parameterization):
+        new_named = to
+    else:
+        new_named = old_named.with_gauge(to)
+    old_named.scales_to(new_named)  # same richness, family, width, tensors, constants
+    new_form = check_form(form or gauged.form)
+    old = gauged.applied
+    new = _applied_of(new_named, new_form)
     scales = old.scales_to(new)
     params = dict(gauged.module.named_parameters())
     schedulers = _flatten_schedulers(schedulers if isinstance(schedulers, Iterable) else [schedulers])
@@ -136,16 +163,21 @@ def convert(
         _check_schedulers(schedulers, optimizer)
     elif schedulers:
         raise GaugeError("schedulers were given without their optimizer")
-
-    # 2. apply (the multipliers first: a module that cannot carry one is refused unchanged)
-    gauged.hooks.set(gauged.use_multipliers(new))
+    old_form = gauged.form
+    gauged.form, gauged.parameterization = new_form, new_named
+    try:
+        gauged._check_form_holds()
+        # 2. apply (the multipliers first: a module that cannot carry one is refused unchanged)
+        gauged.hooks.set(gauged.use_multipliers(new))
+    except BaseException:
+        gauged.form, gauged.parameterization = old_form, old_named
+        raise
     with torch.no_grad():
         for name, p in params.items():
             s = scales[name]
             scale_(p.data, 1.0 / s)
             if p.grad is not None:
                 scale_(p.grad, s)
-    gauged.parameterization = new
     if optimizer is None:
         return scales
     group_scales = _split_groups(optimizer, names, scales, schedulers)
@@ -162,6 +194,12 @@ def convert(
             if scaled is not None:
                 setattr(sched, attr, scaled)
     return scales
+
+
+def _applied_of(param: Parameterization, form: str) -> Parameterization:
+    from .model import _applied
+
+    return _applied(param, form)
 
 
 def scale_state_(state: dict[str, Any], s: float, rule: OptimizerRule) -> dict[str, Any]:

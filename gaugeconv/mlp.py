@@ -92,11 +92,14 @@ def build_mlp(
     width_mults: Sequence[float] | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int | None = 0,
+    form: str = "plain",
 ) -> GaugedModel:
     """The reference MLP in (r, gamma, gauge), initialised per the table (seed=None: no init).
 
     ``gauge`` may be a named point (ntp, ntp-lr, mup, mup-lr, mfp), which fixes r (otherwise r
-    defaults to 1/2). Hidden widths
+    defaults to 1/2). ``form``: "plain" (effective tensors in the Parameters, the gauge in the
+    optimizer groups) or "materialized" (stored tensors, multipliers in the forward: what
+    trajectory proofs between gauges use); both draw the same effective init. Hidden widths
     are round(mult * width) for ``width_mults`` (default all 1, depth - 1 hidden layers).
     """
     if depth < 2:
@@ -110,7 +113,7 @@ def build_mlp(
     rich = Richness(r, richness.gamma if isinstance(richness, Richness) else gamma)
     module = ReferenceMLP(d_in, d_out, widths, activation, bias, dtype)
     param = Parameterization(module.tensor_specs(), rich, g, Family.parse(optimizer), width)
-    gauged = GaugedModel(module, param)
+    gauged = GaugedModel(module, param, form=form)
     if seed is not None:
         gauged.initialize(seed)
     return gauged

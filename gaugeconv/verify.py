@@ -126,7 +126,7 @@ def verify(cfg: VerifyConfig, progress: bool = False) -> VerifyReport:
     def build(gauge):
         return build_mlp(
             data.d_in, data.d_out, cfg.width, cfg.depth, r, gauge, family, cfg.gamma,
-            cfg.activation, dtype=dtype, seed=cfg.seed,
+            cfg.activation, dtype=dtype, seed=cfg.seed, form="materialized",
         )
 
     a = build(ga)

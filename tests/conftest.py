@@ -12,9 +12,12 @@ def _deterministic():
 
 @pytest.fixture
 def make_mlp():
+    """The reference MLP; materialized by default: these tests are about the stored tensors,
+    multipliers and optimizer state of each gauge (the plain form's own tests say form="plain")."""
+
     def make(**kw):
         args = dict(d_in=16, d_out=5, width=64, depth=3, richness=0.5, gauge="stp",
-                    optimizer="sgd", dtype=torch.float64, seed=0)
+                    optimizer="sgd", dtype=torch.float64, seed=0, form="materialized")
         args.update(kw)
         return build_mlp(**args)
 

@@ -1,4 +1,8 @@
-"""The reference MLP: structure, init statistics, hooks that leave the module alone."""
+"""The reference MLP: structure, init statistics, multipliers that leave the module alone.
+
+Most tests here are about the materialized form (stored tensors, multipliers in the forward);
+the plain form's own are at the end.
+"""
 
 import copy
 import math
@@ -26,7 +30,8 @@ def test_roles_from_structure():
 @pytest.mark.parametrize("r", [0.0, 0.5])
 def test_effective_init_variance_matches_the_table(gauge, r):
     n, d = 1024, 64
-    gm = build_mlp(d, 10, n, richness=r, gauge=gauge, dtype=torch.float64, seed=3)
+    gm = build_mlp(d, 10, n, richness=r, gauge=gauge, dtype=torch.float64, seed=3,
+                   form="materialized")
     eff = gm.effective_parameters()
     alpha = n**r
     expected = {"layers.0.weight": 1 / d, "layers.1.weight": 1 / n,
@@ -45,21 +50,22 @@ def test_effective_init_variance_matches_the_table(gauge, r):
 def test_same_seed_same_effective_init_in_every_gauge():
     base = build_mlp(64, 10, 256, richness=0.25, gauge="stp", seed=5).effective_parameters()
     for g in ("mup", "rescaling"):
-        eff = build_mlp(64, 10, 256, richness=0.25, gauge=g, seed=5).effective_parameters()
+        eff = build_mlp(64, 10, 256, richness=0.25, gauge=g, seed=5,
+                        form="materialized").effective_parameters()
         for k in base:
             assert torch.equal(eff[k], base[k]), (g, k)  # 256^0.25 = 4: powers of two
 
 
 def test_stp_gauge_has_no_hooks_and_hooks_keep_keys():
-    stp = build_mlp(8, 2, 16, gauge="stp", richness=0.5)
-    mup = build_mlp(8, 2, 16, gauge="mup", richness=0.5)
+    stp = build_mlp(8, 2, 16, gauge="stp", richness=0.5, form="materialized")
+    mup = build_mlp(8, 2, 16, gauge="mup", richness=0.5, form="materialized")
     assert stp.hooks.active == 0 and mup.hooks.active > 0
     assert list(stp.module.state_dict()) == list(mup.module.state_dict())
     assert all(isinstance(p, torch.nn.Parameter) for p in mup.module.parameters())
 
 
 def test_forward_uses_m_times_w_and_restores_parameters_even_on_error():
-    gm = build_mlp(8, 2, 16, gauge="mup", richness=0.5, dtype=torch.float64)
+    gm = build_mlp(8, 2, 16, gauge="mup", richness=0.5, dtype=torch.float64, form="materialized")
     x = torch.randn(5, 8, dtype=torch.float64)
     eff = gm.effective_parameters()
     h = x
@@ -76,7 +82,7 @@ def test_forward_uses_m_times_w_and_restores_parameters_even_on_error():
 
 
 def test_deepcopy_is_independent_and_remove_detaches():
-    gm = build_mlp(8, 2, 16, gauge="mup", richness=0.5, dtype=torch.float64)
+    gm = build_mlp(8, 2, 16, gauge="mup", richness=0.5, dtype=torch.float64, form="materialized")
     x = torch.randn(3, 8, dtype=torch.float64)
     twin = copy.deepcopy(gm)
     assert torch.equal(twin.module(x), gm.module(x))
@@ -89,7 +95,7 @@ def test_deepcopy_is_independent_and_remove_detaches():
 
 
 def test_groups_carry_names_and_per_tensor_hyperparameters():
-    gm = build_mlp(64, 10, 256, richness=0.5, gauge="mup", optimizer="adam")
+    gm = build_mlp(64, 10, 256, richness=0.5, gauge="mup", optimizer="adam", form="materialized")
     opt = gm.make_optimizer("adamw", 0.01, eps=1e-8, weight_decay=0.1)
     names = [g["param_names"][0] for g in opt.param_groups]
     assert names == [n for n, _ in gm.module.named_parameters()]
@@ -103,3 +109,27 @@ def test_groups_carry_names_and_per_tensor_hyperparameters():
     opt = gm.make_optimizer("adamw", 0.01)
     assert opt.param_groups[2]["eps"] == pytest.approx(1e-8 / 256)
     assert opt.param_groups[2]["weight_decay"] == pytest.approx(1e-2 / 256)
+
+
+def test_plain_form_is_a_plain_module_with_the_stp_gauges_groups():
+    """The default form: nothing swapped, Parameters hold W, groups are STP's for every gauge."""
+    plain = build_mlp(64, 10, 256, richness=0.5, gauge="mup", optimizer="adam")
+    stp = build_mlp(64, 10, 256, richness=0.5, gauge="stp", optimizer="adam", form="materialized")
+    mat = build_mlp(64, 10, 256, richness=0.5, gauge="mup", optimizer="adam", form="materialized")
+    assert plain.form == "plain" and plain.gauge.name == "mup" and plain.hooks.active == 0
+    assert all(type(layer) is torch.nn.Linear for layer in plain.module.layers)
+    assert all(plain.module.layers[i].weight is plain.module.layers[i]._parameters["weight"]
+               for i in range(3))
+    assert set(plain.multipliers.values()) == {1.0}  # applied: none
+    assert plain.parameterization.multipliers == mat.parameterization.multipliers  # the label
+    groups = {k: plain.make_optimizer("adamw", 0.01, eps=1e-8, weight_decay=0.1).param_groups
+              for k in range(1)}[0]
+    reference = stp.make_optimizer("adamw", 0.01, eps=1e-8, weight_decay=0.1).param_groups
+    muP = mat.make_optimizer("adamw", 0.01, eps=1e-8, weight_decay=0.1).param_groups
+    keys = ("lr", "eps", "weight_decay", "param_names")
+    assert [{k: g[k] for k in keys} for g in groups] == [{k: g[k] for k in keys} for g in reference]
+    # negative control: the materialized muP gauge's groups are not STP's (one global lr)
+    assert [g["lr"] for g in muP] != [g["lr"] for g in groups]
+    # same effective init as the materialized form, bit for bit (power-of-two multipliers)
+    for name, w in mat.effective_parameters().items():
+        assert torch.equal(plain.effective_parameters()[name], w), name

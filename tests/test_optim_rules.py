@@ -44,7 +44,7 @@ def _model(name, w0, gauge):
     lin = nn.Linear(w0.shape[1], w0.shape[0], bias=False, dtype=torch.float64)
     spec = TensorSpec("weight", Role.HIDDEN, w0.shape[1], tuple(w0.shape), init="keep")
     param = Parameterization([spec], Richness(0.5), "stp", _family(cls_name), w0.shape[1])
-    gm = GaugedModel(lin, param.with_gauge(gauge))
+    gm = GaugedModel(lin, param.with_gauge(gauge), form="materialized")
     with torch.no_grad():
         lin._parameters["weight"].copy_(w0 / gm.multipliers["weight"])  # the stored tensor
     return gm, getattr(torch.optim, cls_name)

@@ -15,7 +15,8 @@ from gaugeconv.mlp import ReferenceMLP
 ETA, WD = 0.05, 0.1
 
 
-def gauged(gauge, optimizer="adam", wd_scaling="coupled", consts=None, width=64):
+def gauged(gauge, optimizer="adam", wd_scaling="coupled", consts=None, width=64,
+           form="materialized"):
     module = ReferenceMLP(16, 5, [width, width], "tanh", True, torch.float64)
     specs = module.tensor_specs()
     if consts:
@@ -23,7 +24,7 @@ def gauged(gauge, optimizer="adam", wd_scaling="coupled", consts=None, width=64)
 
         specs = [dataclasses.replace(s, **consts.get(s.name, {})) for s in specs]
     param = gc.Parameterization(specs, 0.5, gauge, optimizer, width, wd_scaling)
-    return gc.attach(module, param).initialize(0)
+    return gc.attach(module, param, form=form).initialize(0)
 
 
 CONSTS = {"layers.0.weight": {"lr_const": 2.0, "init_const": 0.5, "eps_const": 3.0},
@@ -49,9 +50,16 @@ def test_decay_fraction_per_step(gauge, optimizer):
             assert group["lr"] * group["weight_decay"] == pytest.approx(want, rel=1e-12)
 
 
+def _gauge_form(spec):
+    """"mup" (materialized) or "mup/plain": a gauge and a form."""
+    gauge, _, form = spec.partition("/")
+    return gauge, form or "materialized"
+
+
 def run(gauges, optimizer, scaling, consts=None, steps=6):
     family = "adam" if optimizer in ("adam", "adamw") else "sgd"
-    gm = gauged(gauges[0], family, scaling, consts)
+    gauge, form = _gauge_form(gauges[0])
+    gm = gauged(gauge, family, scaling, consts, form=form)
     hyper = {"weight_decay": WD}
     hyper.update({"eps": 1e-4} if family == "adam" else {"momentum": 0.9})
     opt = gm.make_optimizer(optimizer, ETA, **hyper)
@@ -59,7 +67,8 @@ def run(gauges, optimizer, scaling, consts=None, steps=6):
     outs = []
     for t in range(steps):
         if t == 3 and len(gauges) > 1:
-            gm.convert(gauges[1], optimizer=opt)
+            gauge, form = _gauge_form(gauges[1])
+            gm.convert(gauge, optimizer=opt, form=form)
         x = torch.randn(8, 16, generator=gen, dtype=torch.float64)
         y = torch.randint(0, 5, (8,), generator=gen)
         opt.zero_grad()
@@ -78,7 +87,8 @@ def test_both_scalings_and_constants_keep_gauges_equivalent(optimizer):
     for scaling in ("coupled", "independent"):
         for consts in (None, CONSTS):
             a = run(["stp"], optimizer, scaling, consts)
-            for pair in (["stp", "mup"], ["rescaling", "stp"], ["mup", "rescaling"]):
+            for pair in (["stp", "mup"], ["rescaling", "stp"], ["mup", "rescaling"],
+                         ["mup/plain", "rescaling"], ["mup", "mup/plain"]):
                 assert rel(a, run(pair, optimizer, scaling, consts)) <= 1e-12, (scaling, pair)
     # negative controls: the scaling and the constants change the trajectory
     assert rel(run(["stp"], optimizer, "coupled"), run(["stp"], optimizer, "independent")) > 1e-6
@@ -86,7 +96,7 @@ def test_both_scalings_and_constants_keep_gauges_equivalent(optimizer):
 
 
 def test_constants_enter_targets_and_stay_under_gauge_change():
-    gm = gauged("mup", "adam", consts=CONSTS)
+    gm = gauged("mup", "adam", consts=CONSTS)  # materialized: plans are the muP gauge's
     plan = gm.plans["layers.0.weight"]
     assert plan.target.variance == pytest.approx(0.25 / 16)
     assert plan.lr_factor == pytest.approx(1.0)  # muP gauge: stored lr = eta, constants too

@@ -11,8 +11,12 @@ What DST's weights hold (``weights=``, the config.json entry's ``format_version`
   (m_src for a format-1 SRC, else 1) / m_target. A plain loader reads such a folder as a
   DIFFERENT function; only gaugeconv restores it.
 
-Trainer files (optimizer.pt, scheduler.pt) hold the optimizer state in the stored units of the
-gauge: they are converted by s = m_target / m_src (section 6) whichever format the weights have.
+Trainer files (optimizer.pt, scheduler.pt) hold the optimizer state in the units the model's
+form trains in (``form`` in the entry, ``gaugeconv.forms``): a plain-form model's optimizer is
+the STP gauge's (m = 1, effective units), a materialized one's is in the stored units of its
+gauge (an entry written before forms existed reads as materialized). They are converted by
+s = m_target / m_src with m = 1 on a plain side (section 4), whichever format the weights have.
+DST's form: ``form=`` ("plain" by default; ``weights="stored"`` is the materialized form).
 
 Order of work (every check before the first byte is written; the hidden folder is created
 only when all of them passed):
@@ -95,6 +99,8 @@ class ConvertReport:
     seconds_writing: float = 0.0  # from the hidden folder's creation to DST in place
     weights: str = "effective"  # DST holds effective tensors (format 2) or stored ones (1)
     source_weights: str = "effective"  # SRC's: plain and format 2 "effective", format 1 "stored"
+    form: str = "plain"  # DST's form: its optimizer.pt is in STP units (plain) or the gauge's
+    source_form: str = "plain"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,6 +317,12 @@ def _check_multipliers(m_dst: dict[str, float], matched: dict[str, str], uses: d
                 "gauge cannot hold this tensor (check --gamma)")
 
 
+def _applied(param, form: str):
+    from ..model import _applied as applied
+
+    return applied(param, form)
+
+
 def _brief(cfg) -> dict[str, Any]:
     # format_version is the report's weights / source_weights, not a property of the gauge
     return {k: v for k, v in cfg.to_dict().items() if k not in ("multipliers", "format_version")}
@@ -344,6 +356,7 @@ def convert_checkpoint(
     workers: int | None = None,
     allow_unusual_roles: bool = False,
     weights: str = "effective",
+    form: str | None = None,
 ) -> ConvertReport:
     """Convert a saved model or Trainer checkpoint folder to gauge ``to``; see the module doc.
 
@@ -351,9 +364,15 @@ def convert_checkpoint(
     ``weights="stored"`` the stored tensors of the target gauge (format 1), which plain loaders
     read as a different function.
     """
+    from ..forms import MATERIALIZED, PLAIN, check_form
+
     start = time.perf_counter()
     if weights not in WEIGHTS:
         raise GaugeError(f"weights={weights!r}: give 'effective' or 'stored'")
+    form = check_form(form or (MATERIALIZED if weights == "stored" else PLAIN))
+    if weights == "stored" and form == PLAIN:
+        raise GaugeError("stored tensors (--stored) are the materialized form: the plain form's "
+                         "Parameters hold effective tensors")
     # 1. paths
     try:
         os.stat(src)
@@ -389,7 +408,11 @@ def convert_checkpoint(
         )
     gauged = get_gauged(model)
     dst_cfg, target = _target(src_cfg, to, snap_pow2, gauged.parameterization)
+    dst_cfg = dst_cfg.replace(form=form)
     scales = gauged.parameterization.scales_to(target)
+    # the optimizer state moves between the units each side trains in (m = 1 in plain form)
+    opt_scales = _applied(gauged.parameterization, src_cfg.form).scales_to(
+        _applied(target, form))
     if layout.kind == "safetensors":
         headers, tensors = _safetensors_plan(src_path, layout)
         states = None
@@ -423,7 +446,7 @@ def convert_checkpoint(
             raise CheckpointError(f"tensor {name!r} ({tensors[name].dtype}) cannot be rescaled")
     inexact = sorted(n for n, f in factors.items() if not is_power_of_two(f))
     if has_opt:  # the optimizer state moves by s = m_target / m_src whatever the weights do
-        inexact += sorted(f"optimizer.pt state of {n}" for n, s in scales.items()
+        inexact += sorted(f"optimizer.pt state of {n}" for n, s in opt_scales.items()
                           if not is_power_of_two(s))
     if exact and inexact:
         raise GaugeError(
@@ -434,7 +457,7 @@ def convert_checkpoint(
     opt_bytes = sched_bytes = None
     opt_lossy: list[str] = []
     if has_opt:
-        opt_bytes, sched_bytes, opt_lossy = _convert_trainer_state(src_path, scales, optimizer_rule,
+        opt_bytes, sched_bytes, opt_lossy = _convert_trainer_state(src_path, opt_scales, optimizer_rule,
                                                         has_sched, allow_lossy)
     new_config = dict(raw_config)
     new_config[CONFIG_KEY] = gauge_entry(dst_cfg, target,
@@ -510,7 +533,8 @@ def convert_checkpoint(
         else "pytorch_model.bin", ignored=ignored, left_out=layout.left_out, lossy=lossy,
         notes=notes, optimizer_lossy=opt_lossy, seconds_planning=planned - start,
         seconds_writing=written - planned, weights=weights,
-        source_weights="stored" if src_stored else "effective",
+        source_weights="stored" if src_stored else "effective", form=form,
+        source_form=src_cfg.form,
     )
 
 

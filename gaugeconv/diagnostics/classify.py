@@ -324,7 +324,7 @@ def classify_factory(factory: Callable[[int], Any], widths: Sequence[int] = (256
         gm = factory(w)
         family = gm.parameterization.family
         per_role: dict[str, dict[str, float]] = {}
-        for plan in gm.plans.values():
+        for plan in gm.parameterization.plans.values():  # the named gauge's, in either form
             role = plan.spec.role.value
             if role in ROLES and plan.spec.init == "normal" and role not in per_role:
                 per_role[role] = {"multiplier": plan.multiplier, "init_std": plan.init_std,

@@ -126,7 +126,7 @@ def mlp_factory(cfg: CoordCheckConfig, data: Dataset, variant: str | None = None
 
     def factory(width: int, seed: int) -> GaugedModel:
         gm = build_mlp(data.d_in, data.d_out, width, cfg.depth, richness, cfg.gauge,
-                       cfg.optimizer, dtype=dtype, seed=seed)
+                       cfg.optimizer, dtype=dtype, seed=seed, form="materialized")
         if variant == "readout-too-large":  # readout drawn at 1/fan_in instead of 1/(a^2 fan_in)
             last = gm.module.layers[-1].weight
             with torch.no_grad():

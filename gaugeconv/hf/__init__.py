@@ -5,10 +5,13 @@ from .model import (
     apply_gauge,
     convert_gauge,
     describe_roles,
+    form_of,
     from_pretrained,
     gauge_config_of,
     get_gauged,
     initialize,
+    materialize,
+    to_plain,
 )
 from .peft import merge_and_unload
 from .roles import infer_specs
@@ -28,6 +31,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "GaugeConfig", "apply_gauge", "convert_gauge", "describe_roles", "from_pretrained",
-    "gauge_config_of", "get_gauged", "initialize", "infer_specs", "GaugeOptimizerFactory",
+    "gauge_config_of", "get_gauged", "initialize", "infer_specs", "materialize", "to_plain",
+    "form_of", "GaugeOptimizerFactory",
     "GaugeTrainer", "optimizer_cls_and_kwargs", "merge_and_unload",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GaugeError
+from ..forms import MATERIALIZED, PLAIN, check_form
 from ..gauges import GAUGE_NAMES, NAMED_POINTS, resolve_point
 from ..plan import WD_SCALINGS
 from ..richness import Family, Richness, Role
@@ -56,6 +57,11 @@ class GaugeConfig:
     attention_base_head_dim: the head dimension d0 at which the attention logit scale is the
         architecture's own; at head dimension d it is moved by (d0/d) (hf/attention.py). None:
         the recorded entry's, else the model's own head dimension (its function is kept).
+    form: "plain" (the default: the Parameters hold effective tensors, the forward is the
+        model's own, the gauge lives in the optimizer groups) or "materialized" (stored tensors
+        w = W/m in the Parameters, m * w on every read); ``gaugeconv.forms``. An entry written
+        before forms existed has none and was materialized: it reads as "materialized", so a
+        Trainer checkpoint's optimizer.pt is read in the units it was saved in.
     """
 
     richness: float | None = None
@@ -72,6 +78,7 @@ class GaugeConfig:
     width_fields: dict[str, str] = field(default_factory=dict)
     allow_unusual_roles: bool = False
     attention_base_head_dim: int | None = None
+    form: str = PLAIN
 
     def __post_init__(self) -> None:
         gauge = str(self.gauge).lower()
@@ -101,6 +108,7 @@ class GaugeConfig:
                 raise GaugeError(f"width_fields[{name!r}] = {choice!r}: say 'scale' or 'fixed'")
         if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
             raise GaugeError(f"width={self.width!r} must be a positive integer")
+        check_form(self.form)
         d0 = self.attention_base_head_dim
         if d0 is not None and (not isinstance(d0, int) or isinstance(d0, bool) or d0 < 1):
             raise GaugeError(f"attention_base_head_dim={d0!r} must be a positive integer")
@@ -124,6 +132,7 @@ class GaugeConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> GaugeConfig:
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
+        data.setdefault("form", MATERIALIZED)  # entries from before forms were materialized
         if version not in (1, 2):  # 2: the weights beside it are effective (hf/model.py)
             raise GaugeError(f"gauge entry has format_version {version}, this gaugeconv reads 1, 2")
         known = {f.name for f in dataclasses.fields(cls)}

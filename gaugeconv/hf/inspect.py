@@ -80,7 +80,7 @@ _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "richness": (int, float, type(None)), "gauge": (str,), "gamma": (int, float),
     "optimizer": (str,), "width": (int, type(None)), "tied_role": (str,),
     "role_overrides": (dict,), "fan_in_overrides": (dict,), "multipliers": (dict, type(None)),
-    "format_version": (int,),
+    "format_version": (int,), "form": (str,),
 }
 
 

@@ -3,10 +3,17 @@
 * ``apply_gauge(model, GaugeConfig(...))`` reads the weights it finds as they are stored: a
   model without a gauge entry is in STP gauge (stored = effective), so a pretrained checkpoint
   keeps computing the same function; a model whose config carries a gauge entry (loaded from a
-  gauged save) gets that gauge's multipliers back first. It then moves the model exactly into
-  the requested gauge. It never re-initialises weights; ``initialize`` does that, explicitly.
-* ``convert_gauge(model, to, optimizer=, schedulers=)`` changes the gauge of a gauged model.
-* ``from_pretrained(AutoModelForCausalLM, path)`` loads with transformers and restores the gauge.
+  gauged save) gets that gauge back first. It then moves the model exactly into the requested
+  gauge and form (``GaugeConfig.form``: "plain" by default, where the model stays a plain model
+  and the gauge lives in the optimizer groups; "materialized" on request). It never
+  re-initialises weights; ``initialize`` does that, explicitly.
+* ``convert_gauge(model, to, optimizer=, schedulers=, form=)`` changes the gauge or the form of
+  a gauged model; ``materialize`` and ``to_plain`` change the form only; ``form_of`` tells it.
+* ``from_pretrained(AutoModelForCausalLM, path)`` loads with transformers and restores the gauge
+  (in the form recorded in config.json).
+* A model that changes after ``apply_gauge`` (a module replaced, embeddings resized, a layer
+  appended, LoRA adapters added) gets its roles again from its config when the optimizer is
+  built (``GaugedModel.sync`` with ``HFReplanner``), and its config.json entry with them.
 """
 
 from __future__ import annotations
@@ -19,18 +26,20 @@ import torch
 from torch import nn
 
 from ..errors import GaugeError
+from ..forms import MATERIALIZED, PLAIN
 from ..gauges import Custom, Gauge, resolve_point
 from ..model import GaugedModel
 from ..plan import Parameterization
 from ..richness import Family, Richness
 from .attention import apply_attention_scale, with_attention_base
 from .config import CONFIG_KEY, GaugeConfig
-from .peft import drop_gauge, has_adapters, is_stale, lora_config, peft_inner
+from .peft import drop_gauge, has_adapters, lora_config, peft_inner
 from .roles import TensorRoleInfo, infer_specs, width_of
 
 __all__ = [
     "apply_gauge", "convert_gauge", "from_pretrained", "get_gauged", "initialize",
-    "gauge_config_of", "describe_roles", "gauge_entry", "gauge_of",
+    "gauge_config_of", "describe_roles", "gauge_entry", "gauge_of", "materialize", "to_plain",
+    "form_of", "HFReplanner",
 ]
 
 _HANDLE = "_gaugeconv"
@@ -40,12 +49,6 @@ STORED_WEIGHTS, EFFECTIVE_WEIGHTS = 1, 2  # format_version of a config.json gaug
 def get_gauged(model: nn.Module) -> GaugedModel:
     """The GaugedModel handle that apply_gauge attached to a model (or to a PeftModel's)."""
     model = peft_inner(model)
-    if is_stale(model):
-        raise GaugeError(
-            f"the tensors of {type(model).__name__} changed since apply_gauge (adapters added or "
-            "merged): call gh.apply_gauge(model, config) again (GaugeTrainer and the optimizer "
-            "factory do it for peft models)"
-        )
     handle = model.__dict__.get(_HANDLE)
     if handle is None:
         raise GaugeError(
@@ -120,6 +123,27 @@ def _record(model: nn.Module, config: GaugeConfig, param: Parameterization) -> N
     setattr(model.config, CONFIG_KEY, gauge_entry(config, param, effective_weights=True))
 
 
+class HFReplanner:
+    """Roles of a transformers model again, after its tensors changed (``GaugedModel.sync``).
+
+    The roles come from the model's config as at ``apply_gauge`` (the double-width twin,
+    hf/roles.py), with LoRA's base layers fixed when adapters are present; the config.json entry
+    is recorded anew. A layer appended without updating the config (``num_hidden_layers``) has no
+    counterpart in the twin and is an error naming it.
+    """
+
+    def __init__(self, config: GaugeConfig) -> None:
+        self.config = config
+
+    def __call__(self, module: nn.Module, old: Parameterization) -> Parameterization:
+        config = lora_config(self.config) if has_adapters(module) else self.config
+        infos = infer_specs(module, config)
+        param = _parameterization(module, config, infos, _gauge(config))
+        module.__dict__["_gaugeconv_roles"] = infos
+        _record(module, config, param)
+        return param
+
+
 def _check_recorded(recorded: GaugeConfig, param: Parameterization) -> None:
     """A config.json entry must agree with the model it is applied to."""
     mine = param.multipliers
@@ -155,11 +179,12 @@ def apply_gauge(
     config: GaugeConfig,
     module_axes: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Put a PreTrainedModel into ``config``'s (richness, gauge), keeping its function exactly.
+    """Put a PreTrainedModel into ``config``'s (richness, gauge, form), keeping its function.
 
     ``module_axes`` adds module rules to ``config.module_axes`` (recorded in config.json).
-    Returns the same model object (its class, forward and state-dict keys are unchanged). A
-    PeftModel is gauged through its inner model; LoRA base layers get role "fixed" (hf/peft.py).
+    Returns the same model object (its forward and state-dict keys are unchanged; in the plain
+    form, the default, nothing of it changes but ``model.config.gaugeconv``). A PeftModel is
+    gauged through its inner model; LoRA base layers get role "fixed" (hf/peft.py).
     """
     if module_axes:
         config = config.replace(module_axes={**config.module_axes, **dict(module_axes)})
@@ -168,9 +193,9 @@ def apply_gauge(
     if lora:
         config = lora_config(config)
     if _HANDLE in model.__dict__:
-        if not is_stale(model):
+        if not model.__dict__[_HANDLE].pending_changes():
             raise GaugeError("this model already carries a gauge: use convert_gauge(model, to=...)")
-        drop_gauge(model)  # adapters were added since: fold (same function) and start again
+        drop_gauge(model)  # it changed since (adapters added): fold (same function), start again
     recorded = gauge_config_of(model)
     if recorded is not None and lora:
         recorded = lora_config(recorded)
@@ -179,7 +204,7 @@ def apply_gauge(
     if recorded is not None:
         _same_axis(recorded, config)
     # weights as found: effective (a plain model, or loaded from a format-2 save) or the stored
-    # tensors of the recorded gauge (format 1, written by `gaugeconv convert`)
+    # tensors of the recorded gauge (format 1, written by `gaugeconv convert --stored`)
     effective = weights_are_effective(getattr(model.config, CONFIG_KEY, None))
     stp = (recorded or config).replace(gauge="stp", multipliers=None)
     source = stp if effective else recorded
@@ -188,12 +213,13 @@ def apply_gauge(
     if recorded is not None:
         _check_recorded(recorded, _parameterization(model, recorded, infos, _gauge(recorded)))
     apply_attention_scale(model, config)  # the richness's logit scale; no gauge changes it
-    gauged = GaugedModel(model, start)
+    gauged = GaugedModel(model, start, form=PLAIN if effective else MATERIALIZED,
+                         replanner=HFReplanner(config))
     target = _parameterization(model, config, infos, _gauge(config))
     if effective:
-        gauged.set_from_effective(target)  # forward bit-identical to the plain model
+        gauged.set_from_effective(target, form=config.form)  # forward bit-identical to plain
     else:
-        gauged.convert(target)
+        gauged.convert(target, form=config.form)
     model.__dict__[_HANDLE] = gauged
     model.__dict__["_gaugeconv_roles"] = infos
     _record(model, config, target)
@@ -202,15 +228,25 @@ def apply_gauge(
 
 def convert_gauge(
     model: nn.Module,
-    to: str | Gauge | GaugeConfig,
+    to: str | Gauge | GaugeConfig | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     schedulers: Any = (),
+    form: str | None = None,
 ) -> dict[str, float]:
-    """Move a gauged model (and optimizer, schedulers) to another gauge; returns s per tensor."""
+    """Move a gauged model (and optimizer, schedulers) to another gauge and/or form.
+
+    ``to`` None keeps the gauge, ``form`` None the form. Returns the factor s by which each
+    stored tensor's multiplier moved (all 1 for a gauge change in plain form, where only the
+    label and the config.json entry move).
+    """
     gauged = get_gauged(model)
     model = peft_inner(model)
+    if optimizer is None:
+        gauged.sync()
     current = gauge_config_of(model)
-    if isinstance(to, GaugeConfig):
+    if to is None:
+        new_config = current
+    elif isinstance(to, GaugeConfig):
         new_config = to
     elif isinstance(to, Custom):
         multipliers = gauged.parameterization.with_gauge(to).multipliers
@@ -218,12 +254,33 @@ def convert_gauge(
     else:
         name = to.name if isinstance(to, Gauge) else str(to).lower()
         new_config = current.replace(gauge=name, multipliers=None)
+    if form is not None:
+        new_config = new_config.replace(form=form)
     new_config = with_attention_base(model, new_config, current)
     _same_axis(current, new_config)
     target = gauged.parameterization.with_gauge(_gauge(new_config))
-    scales = gauged.convert(target, optimizer=optimizer, schedulers=schedulers)
+    scales = gauged.convert(target, optimizer=optimizer, schedulers=schedulers,
+                            form=new_config.form)
+    gauged.replanner = HFReplanner(new_config)
     _record(model, new_config, target)
     return scales
+
+
+def materialize(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                schedulers: Any = ()) -> dict[str, float]:
+    """Plain -> materialized form, same gauge: the Parameters then hold w = W/m."""
+    return convert_gauge(model, None, optimizer, schedulers, form=MATERIALIZED)
+
+
+def to_plain(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             schedulers: Any = ()) -> dict[str, float]:
+    """Materialized -> plain form, same gauge: the Parameters then hold W, nothing is swapped."""
+    return convert_gauge(model, None, optimizer, schedulers, form=PLAIN)
+
+
+def form_of(model: nn.Module) -> str:
+    """"plain" or "materialized": the form a gauged model is in."""
+    return get_gauged(model).form
 
 
 def initialize(model: nn.Module, seed: int | torch.Generator = 0) -> nn.Module:
@@ -249,16 +306,21 @@ def from_pretrained(cls: Any, path: str, *args: Any, **kwargs: Any) -> nn.Module
 
 
 def describe_roles(model: nn.Module) -> list[dict[str, Any]]:
-    """Per tensor: role, fan_in, uses, multiplier, lr factor, init std (for `gaugeconv roles`)."""
+    """Per tensor: role, fan_in, uses, multiplier, lr factor, init std (for `gaugeconv roles`).
+
+    The numbers are the named gauge's (what its materialized form stores and applies); ``form``
+    says which form the model is in.
+    """
     gauged = get_gauged(model)
     infos: Mapping[str, TensorRoleInfo] = peft_inner(model).__dict__["_gaugeconv_roles"]
     rows = []
-    for name, plan in gauged.plans.items():
+    for name, plan in gauged.parameterization.plans.items():
         info = infos[name]
         rows.append({
             "name": name, "shape": list(plan.spec.shape), "module": info.module_type,
             "role": plan.spec.role.value, "fan_in": plan.spec.fan_in, "source": info.source,
             "uses": list(info.uses), "multiplier": plan.multiplier, "lr_factor": plan.lr_factor,
             "init_std": plan.init_std if plan.spec.init == "normal" else None,
+            "form": gauged.form,
         })
     return rows

@@ -9,9 +9,11 @@
   gauge): they are not trained, so their multiplier changes nothing in the dynamics, and keeping
   their stored tensor equal to the effective one lets peft's own ``merge_and_unload`` (which
   writes into ``base_layer.weight.data``) merge correctly.
-* A model gauged before ``get_peft_model`` is re-gauged (function kept bit for bit) the first
-  time gaugeconv sees it with adapters (``ensure_gauged``): GaugeTrainer and the optimizer
-  factory accept the PeftModel.
+* A model gauged before ``get_peft_model`` gets roles for its adapters (and its base layers
+  "fixed") the first time gaugeconv builds its optimizer (``ensure_gauged``, i.e.
+  ``GaugedModel.sync``; function kept bit for bit): GaugeTrainer and the optimizer factory
+  accept the PeftModel. In the plain form nothing else changes; in the materialized form the
+  base layers' multipliers are folded into them (m = 1).
 * ``merge_and_unload(peft_model)``: peft's merge, then the merged model put back in the gauge.
 """
 
@@ -82,7 +84,7 @@ def drop_gauge(model: nn.Module) -> None:
     if handle is None:
         return
     folded: dict[int, Any] = {}
-    for module in handle.hooks._modules.values():
+    for module in handle.hooks.modules():
         for attr, m in multipliers_of(module).items():
             p = module._parameters[attr]
             if id(p) not in folded:
@@ -94,24 +96,21 @@ def drop_gauge(model: nn.Module) -> None:
 
 
 def is_stale(model: nn.Module) -> bool:
-    """Whether the gauged model's tensors changed since apply_gauge (adapters added/removed)."""
+    """Whether the gauged model changed since its plan was made (adapters added or merged...)."""
     from .model import _HANDLE
 
     handle = model.__dict__.get(_HANDLE)
-    return handle is not None and set(handle.plans) != {n for n, _ in model.named_parameters()}
+    return handle is not None and bool(handle.pending_changes())
 
 
 def ensure_gauged(model: nn.Module) -> nn.Module:
-    """The gauged transformers model inside ``model``; re-gauged if adapters were added since."""
-    from .model import apply_gauge, gauge_config_of
+    """The gauged transformers model inside ``model``, synced with its tensors (adapters...)."""
+    from .model import _HANDLE
 
     inner = peft_inner(model)
-    if is_stale(inner):
-        config = gauge_config_of(inner)
-        if has_adapters(inner):
-            config = lora_config(config)
-        drop_gauge(inner)
-        apply_gauge(inner, config)
+    handle = inner.__dict__.get(_HANDLE)
+    if handle is not None:
+        handle.sync()
     return inner
 
 

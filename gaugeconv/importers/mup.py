@@ -188,7 +188,7 @@ def from_mup(
         wd_scaling, gauge_name="mup-library",
     )
     check_reproduces(param, stored, eta, wd, eps_base, eps_convention)
-    gauged = GaugedModel(model, param)
+    gauged = GaugedModel(model, param, form="materialized")
     new_opt = copy_optimizer(gauged, optimizer, eps_base, eps_convention, rule)
     hyper: dict[str, Any] = {k: v for k, v in init_kwargs(type(optimizer), optimizer.defaults).items()
                              if k not in ("lr", "weight_decay", *rule.eps_keys)}

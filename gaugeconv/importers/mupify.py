@@ -129,7 +129,7 @@ def from_mupify(
         )
         hyper = {k: v for k, v in group.items()
                  if k not in ("params", "param_names", "lr", "weight_decay", "initial_lr")}
-    gauged = GaugedModel(model, param_)
+    gauged = GaugedModel(model, param_, form="materialized")
     if seed is not None:
         gauged.initialize(seed)
     out = Imported(gauged, None, lr, wd, None, no_decay, hyper, notes)

@@ -59,10 +59,13 @@ def _same_outputs(src, dst, auto_name="AutoModelForCausalLM", stored=False):
     else:
         # effective tensors: any loader reads SRC's function ...
         assert torch.equal(ref, _outputs(plain, auto_name))
-        # ... and the control: the gauge really was restored (stored tensors w = W / m moved)
+        # ... and the control: the gauge really was restored: materialized, the stored tensors
+        # w = W / m move and the function stays
+        gh.materialize(gauged)
         moved = [n for n, p in gauged.named_parameters()
                  if not torch.equal(p, plain.get_parameter(n))]
         assert moved
+        assert torch.equal(ref, _outputs(gauged, auto_name))
 
 
 def _edit(src, change):

@@ -133,8 +133,9 @@ def test_bad_trainer_files(make_src, tmp_path, capsys, case):
     assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *ARGS], match)
 
 
-@pytest.mark.parametrize("base,to,value", [("gpt2-mup", ["stp"], 60000.0),
-                                           ("gpt2", ["mup", "-r", "0.5"], 1e-7)])
+@pytest.mark.parametrize("base,to,value", [
+    ("gpt2-mup", ["stp"], 60000.0),  # materialized muP (format 1) -> plain: s = 1/m
+    ("gpt2", ["mup", "-r", "0.5", "--form", "materialized"], 1e-7)])
 def test_optimizer_state_out_of_range_is_refused(make_src, tmp_path, capsys, base, to, value):
     """A float16 exp_avg_sq moved by s**-2 = 2**16 (muP -> STP for c_proj) overflows; moved by
     2**-16 (STP -> muP) a tiny one flushes to zero."""
@@ -162,12 +163,19 @@ def test_optimizer_state_out_of_range_is_refused(make_src, tmp_path, capsys, bas
 
 
 def test_optimizer_state_with_other_factors_is_not_lossless(make_src, tmp_path, capsys):
-    """The default copies a plain SRC's weights, but optimizer.pt still moves by s = m_muP / 1,
-    not a power of two at r = 1/4: not lossless, and --exact refuses, naming optimizer.pt."""
+    """A plain SRC's weights are copied, but to the materialized form optimizer.pt moves by
+    s = m_muP / 1, not a power of two at r = 1/4: not lossless, and --exact refuses, naming
+    optimizer.pt. To the plain form (the default) nothing moves: lossless."""
     from tests.adversarial.helpers import run
 
     src = make_src()
-    args = ["--to", "mup", "-r", "0.25", "--json"]
+    _opt(src)
+    code, out, _ = run(capsys, "convert", src, tmp_path / "plain", "--to", "mup", "-r", "0.25",
+                       "--json")
+    report = json.loads(out)
+    assert code == 0 and report["optimizer"] and report["lossless"] and report["form"] == "plain"
+    (src / "optimizer.pt").unlink()
+    args = ["--to", "mup", "-r", "0.25", "--json", "--form", "materialized"]
     code, out, _ = run(capsys, "convert", src, tmp_path / "no-opt", *args)
     report = json.loads(out)
     assert code == 0 and report["lossless"] and report["scaled"] == 0  # the control

@@ -1,5 +1,8 @@
 """Train a tiny gauged Llama under FSDP2 (fully_shard) in STP and muP gauge; run with torchrun.
 
+STP runs in the plain form (the default), muP in the materialized form: the two forms must train
+alike under sharding too.
+
 python -m torch.distributed.run --nproc_per_node 2 tests/hf/fsdp_script.py STEPS RESULT.json
 
 Without torchrun (no RANK in the environment) the same loop runs unsharded in one process.
@@ -25,7 +28,8 @@ def model_in(gauge):
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
                       max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     model = LlamaForCausalLM(cfg)
-    return gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge=gauge))
+    form = "plain" if gauge == "stp" else "materialized"
+    return gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge=gauge, form=form))
 
 
 def train(gauge, steps, rank=0, world=1):

@@ -115,8 +115,10 @@ def test_recorded_and_restored_by_from_pretrained(arch, tmp_path):
 def test_gauge_conversions_never_change_the_scale():
     x = _ids()
     model = build("llama", width=128, dtype=torch.float64)
-    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", attention_base_head_dim=8))
+    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", attention_base_head_dim=8,
+                                         form="materialized"))
     scales, out = _scalings(model), model(input_ids=x).logits
+    # materialized gauges, then the plain form (a GaugeConfig says form="plain"), then muP again
     for to in ("stp", "rescaling", gh.GaugeConfig(richness=0.5, gauge="mup"), "mup"):
         gh.convert_gauge(model, to)
         assert _scalings(model) == scales

@@ -219,29 +219,45 @@ def test_sharded_gives_the_same_result_as_single(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_trainer_checkpoint_converted_then_resumed(tmp_path, optimizer):
+    """A plain-form STP checkpoint converted to the materialized rescaling gauge resumes on the
+    same trajectory; converted to the plain form of rescaling, it resumes as it is."""
     script("llama", "stp", optimizer, 12, tmp_path / "full", tmp_path / "full.json")
     script("llama", "stp", optimizer, 12, tmp_path / "part", tmp_path / "part.json", "--save-at", 6)
     ckpt = tmp_path / "part" / "checkpoint-6"
     family = "sgd" if optimizer == "sgd" else "adam"
-    report = convert_checkpoint(ckpt, tmp_path / "ckpt-resc", "rescaling", progress=False)
+    assert entry(ckpt)["form"] == "plain"
+    report = convert_checkpoint(ckpt, tmp_path / "ckpt-resc", "rescaling", progress=False,
+                                form="materialized")
     assert report.optimizer and report.scheduler
     assert report.from_gauge["optimizer"] == family
+    assert (report.source_form, report.form) == ("plain", "materialized")
     # a GaugeTrainer checkpoint holds effective tensors: they are copied, the entry and the
-    # optimizer state (stored units of the gauge) move
+    # optimizer state (the STP gauge's units -> the stored units of rescaling) move
     assert report.source_weights == report.weights == "effective" and report.scaled == 0
     assert entry(tmp_path / "ckpt-resc")["format_version"] == 2
+    assert entry(tmp_path / "ckpt-resc")["form"] == "materialized"
     for f in ("trainer_state.json", "rng_state.pth", "training_args.bin"):
         assert (tmp_path / "ckpt-resc" / f).read_bytes() == (ckpt / f).read_bytes()
     script("llama", "rescaling", optimizer, 12, tmp_path / "resumed", tmp_path / "resumed.json",
-           "--resume", tmp_path / "ckpt-resc")
+           "--resume", tmp_path / "ckpt-resc", "--form", "materialized")
     full = json.loads((tmp_path / "full.json").read_text())["losses"]
     resumed = json.loads((tmp_path / "resumed.json").read_text())["losses"]
     assert rel(full[6:], resumed[6:]) <= 1e-10
     # the optimizer state really was moved: resuming the unconverted state in the new gauge fails
     script("llama", "rescaling", optimizer, 12, tmp_path / "wrong", tmp_path / "wrong.json",
-           "--resume", ckpt)
+           "--resume", ckpt, "--form", "materialized")
     wrong = json.loads((tmp_path / "wrong.json").read_text())["losses"]
     assert rel(full[6:], wrong[6:]) > 1e-3
+    # the default: DST in the plain form, whose optimizer is the STP gauge's: the state is kept
+    plain = convert_checkpoint(ckpt, tmp_path / "ckpt-plain", "rescaling", progress=False)
+    assert (plain.form, plain.lossless) == ("plain", True)
+    a = torch.load(ckpt / "optimizer.pt", weights_only=True)["state"]
+    b = torch.load(tmp_path / "ckpt-plain" / "optimizer.pt", weights_only=True)["state"]
+    assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i]
+               if isinstance(a[i][k], torch.Tensor))
+    script("llama", "rescaling", optimizer, 12, tmp_path / "plain", tmp_path / "plain.json",
+           "--resume", tmp_path / "ckpt-plain")
+    assert rel(full[6:], json.loads((tmp_path / "plain.json").read_text())["losses"][6:]) <= 1e-10
 
 
 def _corrupt_cases(tmp_path):

@@ -55,7 +55,8 @@ def test_conversion_keeps_outputs_and_round_trips(arch, optimizer):
     x.pop("labels")
     ref = model(**x).logits
     stored = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="stp", optimizer=optimizer))
+    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="stp", optimizer=optimizer,
+                                         form="materialized"))
     assert torch.equal(model(**x).logits, ref)  # STP gauge: no hooks, same model
     custom = Custom(lambda spec: 0.7 if spec.role.value == "hidden" else 1.3)
     for gauge in ("mup", "rescaling", custom):
@@ -83,7 +84,7 @@ def test_power_of_two_width_is_bit_identical(arch):
     x.pop("labels")
     ref = model(**x).logits
     stored = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="rescaling"))
+    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="rescaling", form="materialized"))
     # the stored tensors moved (the state dict holds effective tensors: it stays equal)
     assert any(not torch.equal(v, stored[k]) for k, v in model.named_parameters())
     assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())
@@ -95,21 +96,25 @@ def test_power_of_two_width_is_bit_identical(arch):
         assert torch.equal(v, stored[k]), k
 
 
+@pytest.mark.parametrize("form", ["plain", "materialized"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
-def test_save_and_load_round_trip(tmp_path, arch):
+def test_save_and_load_round_trip(tmp_path, arch, form):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     auto = AutoModelForMaskedLM if arch == "bert" else AutoModelForCausalLM
-    model = gh.apply_gauge(build(arch, 48).eval(), gh.GaugeConfig(richness=0.25, gauge="mup"))
+    model = gh.apply_gauge(build(arch, 48).eval(), gh.GaugeConfig(richness=0.25, gauge="mup",
+                                                                  form=form))
     x = batch(arch)
     x.pop("labels")
     ref = model(**x).logits
     model.save_pretrained(tmp_path / "mup")
     entry = json.loads((tmp_path / "mup" / "config.json").read_text())["gaugeconv"]
     assert entry["gauge"] == "mup" and entry["richness"] == 0.25 and entry["width"] == 48
+    assert entry["form"] == form
 
     loaded = gh.from_pretrained(auto, tmp_path / "mup").eval()
     assert torch.equal(loaded(**x).logits, ref)
+    assert gh.form_of(loaded) == form
     assert gh.get_gauged(loaded).multipliers == gh.get_gauged(model).multipliers
     loaded.save_pretrained(tmp_path / "again")  # a re-save keeps the gauge
     again = json.loads((tmp_path / "again" / "config.json").read_text())["gaugeconv"]
@@ -222,7 +227,7 @@ def test_bert_with_pooler_and_next_sentence_head():
     x = batch("bert")
     x.pop("labels")
     ref = model(**x)
-    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="rescaling"))
+    gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="rescaling", form="materialized"))
     r = roles(model)
     assert r["bert.pooler.dense.weight"] == ("hidden", 48, "shapes")
     assert r["cls.seq_relationship.weight"] == ("readout", 48, "shapes")

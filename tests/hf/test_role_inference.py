@@ -191,7 +191,7 @@ def test_the_probe_fails_when_a_multiplier_is_not_applied():
     x = inputs("llama")
     with torch.no_grad():
         ref = flat_outputs(model(**x))
-        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="stp"))
+        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="stp", form="materialized"))
         gh.convert_gauge(model, Custom(lambda spec: 2.0))
         assert torch.equal(flat_outputs(model(**x)), ref)
         gh.get_gauged(model).remove()

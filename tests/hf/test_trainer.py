@@ -21,10 +21,15 @@ def rel(a, b):
     return max(abs(x - y) / abs(x) for x, y in zip(a, b, strict=True))
 
 
-def gauged(arch, gauge, optimizer, dtype, width=48):
+# STP in the default plain form, the others materialized: the equalities below compare the forms
+FORM = {"stp": "plain", "mup": "materialized", "rescaling": "materialized"}
+
+
+def gauged(arch, gauge, optimizer, dtype, width=48, form=None):
     model = build(arch, width=width, dtype=dtype)
     family = "sgd" if optimizer == "sgd" else "adam"
-    return gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge=gauge, optimizer=family))
+    return gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge=gauge, optimizer=family,
+                                                form=form or FORM[gauge]))
 
 
 def run_trainer(tmp_path, arch, gauge, optimizer, dtype, own_loss=True, **kw):
@@ -111,11 +116,11 @@ def test_groups_logging_and_the_stock_trainer(tmp_path):
     assert rel(losses(stp), losses(resc)) <= 1e-10
 
 
-def run_stock(tmp_path, gauge, max_grad_norm):
+def run_stock(tmp_path, gauge, max_grad_norm, form=None):
     """The stock Trainer with gaugeconv's optimizer factory (GPT-2, AdamW, float64)."""
     with default_dtype(torch.float64):
-        model = gauged("gpt2", gauge, "adamw", torch.float64)
-        args = training_args(str(tmp_path / f"stock-{gauge}-{max_grad_norm}"), "adamw", STEPS,
+        model = gauged("gpt2", gauge, "adamw", torch.float64, form=form)
+        args = training_args(str(tmp_path / f"stock-{gauge}-{form}-{max_grad_norm}"), "adamw", STEPS,
                              max_grad_norm=max_grad_norm)
         stock = Trainer(model=model, args=args, train_dataset=Stream("gpt2"),
                         optimizer_cls_and_kwargs=gh.optimizer_cls_and_kwargs(args),
@@ -125,13 +130,16 @@ def run_stock(tmp_path, gauge, max_grad_norm):
 
 
 def test_stock_clipping_breaks_equivalence_and_gauge_clipping_keeps_it(tmp_path):
-    """Negative control: the Trainer's own clipping by the stored norm tells gauges apart."""
+    """Negative control: the Trainer's own clipping by the stored norm tells a materialized
+    gauge apart; in the plain form (a plain model) the stock clipping is the right one."""
     stp, resc = (run_stock(tmp_path, g, max_grad_norm=0.1) for g in ("stp", "rescaling"))
     assert rel(losses(stp), losses(resc)) > 1e-6
     a = losses(run_trainer(tmp_path, "gpt2", "stp", "adamw", torch.float64, max_grad_norm=0.1))
     b = losses(run_trainer(tmp_path, "gpt2", "rescaling", "adamw", torch.float64,
                            max_grad_norm=0.1))
     assert rel(a, b) <= 1e-10
+    plain = run_stock(tmp_path, "rescaling", max_grad_norm=0.1, form="plain")
+    assert rel(a, losses(plain)) <= 1e-10
 
 
 def script(*args, torchrun=False):

@@ -1,5 +1,8 @@
 """Issue 8: multipliers are never silently lost, in the set-ups where 0.1's hooks lost them.
 
+These are tests of the materialized form (stored tensors, multipliers applied on every read);
+the default plain form has no multipliers to lose (tests/hf/test_idioms.py).
+
 Each test reproduces one numbered case of the issue (compile, direct weight reads, peft,
 interrupts, plain loaders, offload, float16, shared blocks, FSDP2), asserts the function
 (outputs, losses, gradients) and keeps a negative control beside it showing that the check
@@ -22,7 +25,7 @@ from gaugeconv import Custom, GaugeError
 from tests.hf.tiny import VOCAB, batch, default_dtype
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MUP = gh.GaugeConfig(richness=0.5, gauge="mup")
+MUP = gh.GaugeConfig(richness=0.5, gauge="mup", form="materialized")
 
 
 def rel(a, b):
@@ -71,7 +74,7 @@ def test_compile_in_both_orders_and_after_a_live_conversion():
     counter = CompileCounter()
     assert torch.equal(torch.compile(mup, backend=counter)(**X).loss, mup(**X).loss)
     assert torch.equal(torch.compile(plain, backend=counter)(**X).loss, ref)
-    stp = gh.apply_gauge(llama(), gh.GaugeConfig(richness=0.5, gauge="stp"))
+    stp = gh.apply_gauge(llama(), MUP.replace(gauge="stp"))
     compiled = torch.compile(stp, backend=counter)
     assert torch.equal(compiled(**X).loss, ref)
     assert counter.frame_count == 2  # STP gauge: the plain model's classes and graph
@@ -308,7 +311,7 @@ def test_float16_in_a_gauge_whose_gradients_underflow_warns():
             gh.GaugeOptimizerFactory()(model, "adamw", lr=1e-3)  # warns once per model
         msgs = [str(w.message) for w in caught if "float16" in str(w.message)]
         if gauge == "mup":
-            assert len(msgs) == 1 and "STP gauge" in msgs[0] and "underflow" in msgs[0], msgs
+            assert len(msgs) == 1 and "plain form" in msgs[0] and "underflow" in msgs[0], msgs
         else:
             assert msgs == []  # negative control
         model(**X).loss.float().backward()

@@ -229,7 +229,8 @@ def test_roles_function_conversions_and_probe(arch):
     x = inputs(arch)
     ref = _run(model, x)
     stored = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    gh.apply_gauge(model, _config(arch, gauge="mup"))
+    # the materialized form: every multiplier applied on every read, in every architecture
+    gh.apply_gauge(model, _config(arch, gauge="mup", form="materialized"))
     roles = {r["name"]: r["role"] for r in gh.describe_roles(model)}
     for name, role in EXPECTED[arch].items():
         assert roles[name] == role, (name, roles[name], role)
@@ -262,11 +263,13 @@ def test_roles_function_conversions_and_probe(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_save_and_from_pretrained(arch, tmp_path):
-    model = gh.apply_gauge(build(arch), _config(arch, gauge="mup", richness=0.25))
+    model = gh.apply_gauge(build(arch), _config(arch, gauge="mup", richness=0.25,
+                                                form="materialized"))
     x = inputs(arch)
     ref = _run(model, x)
     model.save_pretrained(tmp_path)
     loaded = gh.from_pretrained(type(model), tmp_path).eval()
+    assert gh.form_of(loaded) == "materialized"  # the recorded form comes back
     assert gh.get_gauged(loaded).multipliers == gh.get_gauged(model).multipliers
     assert any(m != 1.0 for m in gh.get_gauged(loaded).multipliers.values())
     assert torch.equal(_run(loaded, x), ref)
@@ -274,11 +277,12 @@ def test_save_and_from_pretrained(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adamw_step_stp_and_mup_agree_in_float64(arch):
+    """muP's materialized form against the default (plain form, here of the STP gauge)."""
     x = inputs(arch, dtype=torch.float64)
     runs = {}
-    for gauge in ("stp", "mup"):
+    for gauge, form in (("stp", "plain"), ("mup", "materialized")):
         model = build(arch, dtype=torch.float64)
-        gh.apply_gauge(model, _config(arch, gauge=gauge))
+        gh.apply_gauge(model, _config(arch, gauge=gauge, form=form))
         gauged = gh.get_gauged(model)
         before = gauged.effective_parameters()
         opt = gauged.make_optimizer("adamw", lr=1e-2, weight_decay=0.1, eps=1e-8)

@@ -2,6 +2,7 @@
 
 python tests/hf/train_script.py ARCH GAUGE OPTIMIZER STEPS OUT_DIR RESULT.json
     [--save-at K] [--resume CKPT] [--batch B] [--dtype float32|float64]
+    [--form plain|materialized]
 """
 
 import argparse
@@ -35,12 +36,14 @@ def main() -> None:
     p.add_argument("--resume", default=None)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--dtype", default="float64")
+    p.add_argument("--form", default="plain")
     a = p.parse_args()
     dtype = getattr(torch, a.dtype)
     with default_dtype(dtype):
         model = build(a.arch, dtype=dtype)
         family = "sgd" if a.optimizer == "sgd" else "adam"
-        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge=a.gauge, optimizer=family))
+        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge=a.gauge, optimizer=family,
+                                             form=a.form))
         kw = {"per_device_train_batch_size": a.batch}
         if a.save_at:
             kw.update(save_strategy="steps", save_steps=a.save_at)
