@@ -22,8 +22,10 @@ model's Parameter would take:
   write-through to the stored one), ``is_leaf``, ``grad_fn``: those of the Parameter;
 * pickling and ``copy.deepcopy`` give plain tensors of the effective values.
 
-Each read is a snapshot: two reads are two tensors (on a plain model, one Parameter), so a write
-through one is seen by the Parameter and later reads, not by the other snapshot.
+Each read is a tensor of its own (on a plain model, one Parameter), kept live: an op on it
+first re-reads the Parameter if the Parameter changed since (its version counter moved: a write
+through another read of the same tensor, a tied use, an optimizer step), so a held
+``state_dict()`` value or a second read of a tied weight sees what a plain model's alias would.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class EffectiveTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs=None):
         kwargs = kwargs or {}
+        _catch_up(args, kwargs)
         owner = getattr(func, "__self__", None)
         if isinstance(owner, _GETSET):
             return _property(func, owner.__name__, args)
@@ -122,6 +125,43 @@ def effective_tensor(p: torch.Tensor, m: float, name: str, detached: bool = Fals
 def _tag(t: torch.Tensor, p, m, name, kind, path, detached) -> None:
     t._gc_param, t._gc_m, t._gc_name = p, m, name
     t._gc_kind, t._gc_path, t._gc_detached = kind, path, detached
+    t._gc_version = _version(p) if kind == "value" else None
+
+
+def _version(p: torch.Tensor) -> tuple[int, int] | None:
+    """What changes when the Parameter does: its version counter (in-place writes) and its
+    storage (``p.data = x`` keeps the counter). None where torch keeps no counter (inference
+    tensors)."""
+    try:
+        return p._version, p.data_ptr()
+    except RuntimeError:
+        return None
+
+
+def _catch_up(args: tuple, kwargs: dict) -> None:
+    """Re-read every effective tensor among the arguments whose Parameter changed since.
+
+    On a plain model every read of ``module.weight`` (and every state-dict value) aliases the
+    Parameter, so a write through one, a tied use or an optimizer step shows in all of them;
+    here a read holds m * w as it was, so it is brought up to date before it is used.
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, EffectiveTensor):
+                    _catch_up_one(item)
+        elif isinstance(value, EffectiveTensor):
+            _catch_up_one(value)
+
+
+def _catch_up_one(t: EffectiveTensor) -> None:
+    seen = t.__dict__.get("_gc_version")
+    if seen is None:
+        return
+    now = _version(t._gc_param)
+    if now is not None and now != seen:
+        _refresh(t, _replay(_current(t), t._gc_path))
+        t._gc_version = now
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -197,6 +237,7 @@ def _property(func, prop: str, args: tuple):
         if prop == "data":
             p.data = unfold(_plain(value).detach(), m, this._gc_name)
             _refresh(this, _current(this))
+            this._gc_version = _version(p)
             return None
     with _NO_TF():
         return func(*_unwrap(args))
@@ -250,12 +291,15 @@ def _write_targets(name: str, args: tuple, kwargs: dict) -> list[EffectiveTensor
     for t in out if isinstance(out, (list, tuple)) else (out,):
         if isinstance(t, EffectiveTensor):
             found.append(t)
-    if name in _NOT_WRITES or not args:
+    if name in _NOT_WRITES or not (args or kwargs):
         return found
     inplace = name in _AUGMENTED or (name.endswith("_") and not name.endswith("__"))
     if not inplace:
         return found
-    first = args[0]
+    # torch.nn.init's normal_, uniform_, constant_, kaiming_uniform_ hand the tensor over by
+    # keyword (handle_torch_function(normal_, (tensor,), tensor=tensor, ...)): the target is the
+    # first argument, positional or not
+    first = args[0] if args else next(iter(kwargs.values()))
     if name.startswith("_foreach_") and isinstance(first, (list, tuple)):
         found.extend(t for t in first if isinstance(t, EffectiveTensor))
     elif isinstance(first, EffectiveTensor):
@@ -293,17 +337,22 @@ def _write(func, args, kwargs, targets: list[EffectiveTensor]):
     new_args, new_kwargs = sub(args), sub(kwargs)
     with torch.no_grad(), _NO_TF():
         result = func(*new_args, **new_kwargs)
+    # torch.nn.init's functions run under no_grad themselves (its documented contract), but the
+    # override is called before they enter it: on a plain model they write into trained leaves
+    no_grad = getattr(func, "__module__", None) == "torch.nn.init"
     for t, full in fulls.values():
-        _store(t, full)
+        _store(t, full, no_grad)
     for t in targets:
         _refresh(t, views[id(t)])
+        if t._gc_kind == "value":
+            t._gc_version = _version(t._gc_param)
     for t in targets:
         if result is views[id(t)]:
             return t
     return result
 
 
-def _store(t: EffectiveTensor, full: torch.Tensor) -> None:
+def _store(t: EffectiveTensor, full: torch.Tensor, no_grad: bool = False) -> None:
     """Write the new effective value into the stored Parameter (or its gradient)."""
     p, m = t._gc_param, t._gc_m
     with _NO_TF():
@@ -312,7 +361,7 @@ def _store(t: EffectiveTensor, full: torch.Tensor) -> None:
                 p.grad.copy_(unfold(full, 1.0 / m))
             return
         w = unfold(full, m, t._gc_name)
-        if torch.is_grad_enabled() and not t._gc_detached and p.requires_grad:
+        if torch.is_grad_enabled() and not (no_grad or t._gc_detached) and p.requires_grad:
             p.copy_(w)  # raises torch's own error, as a write into a plain model's leaf does
         else:
             with torch.no_grad():
