@@ -22,11 +22,15 @@ What the class guards, so that third-party code is right or loud:
   GaugeError: the slot holds stored units, the value is in effective ones;
 * the state dict holds effective tensors (write-through, pickled as plain tensors) and
   ``load_state_dict`` unfolds what it is given;
-* accelerate's hooks (offload, dispatch) are refused before they touch a tensor.
+* accelerate's hooks (offload, dispatch) are refused before they touch a tensor;
+* pickling (``torch.save(model)``, ``copy.deepcopy``) records the base class and the gauged
+  names, and unpickling makes the per-instance class again (a class made at run time cannot be
+  found by name).
 """
 
 from __future__ import annotations
 
+import copyreg
 from typing import Any
 
 import torch
@@ -49,6 +53,7 @@ FSDP_ATTR = "_gaugeconv_fsdp"  # per instance: attribute name -> FSDP2's FSDPPar
 CARRY_ATTR = "_gaugeconv_carry"  # per instance: attribute name -> attributes to carry over
 LOADING_ATTR = "_gaugeconv_loading"  # set while our own load_state_dict(assign=True) runs
 BASE_ATTR = "_gaugeconv_base"  # on a gauged class: the class it was made from
+NAMES_ATTR = "_gaugeconv_names"  # on a gauged class: the names its properties cover
 
 try:
     from torch.distributed.tensor import DTensor
@@ -76,9 +81,15 @@ def stored_tensor(module: nn.Module, name: str) -> torch.Tensor:
     A tensor put into the slot behind the gauge's back (``torch.func.functional_call``, a direct
     ``module._parameters[name] = ...``) is in units nobody can tell: refused by name.
     """
-    p = module._parameters[name]
+    p = module._parameters.get(name)
     if name not in module.__dict__.get(M_ATTR, {}) or torch.compiler.is_compiling():
-        return p
+        return module._parameters[name] if p is None else p
+    if p is None:
+        raise GaugeError(
+            f"{_label(module, name)}: the tensor of a materialized gauge was removed from its "
+            "module (del module._parameters[...], torch.nn.utils.weight_norm's old hook API); "
+            "remove or reparametrize tensors in the plain form (gh.to_plain)"
+        )
     if p is module.__dict__[OWNED_ATTR].get(name) or _fsdp_owns(module, name, p):
         return p
     raise GaugeError(
@@ -206,6 +217,14 @@ class GaugedModuleMixin:
             )
         super().register_parameter(name, param)  # type: ignore[misc]
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        reduced = super().__reduce_ex__(protocol)  # type: ignore[misc]
+        cls = type(self)
+        if BASE_ATTR not in cls.__dict__ or not isinstance(reduced, tuple) or \
+                reduced[0] is not copyreg.__newobj__:
+            return reduced  # another class on top of ours (FSDP2): its own reduction
+        return (_new_gauged, (cls.__dict__[BASE_ATTR], cls.__dict__[NAMES_ATTR]), *reduced[2:])
+
     def extra_repr(self) -> str:
         base = super().extra_repr()  # type: ignore[misc]
         m = ", ".join(f"m_{k}={v:.4g}" for k, v in self.__dict__[M_ATTR].items())
@@ -239,8 +258,15 @@ def gauged_class(base: type, names: tuple[str, ...]) -> type:
     namespace: dict[str, Any] = {name: _property(name) for name in names}
     namespace["_old_forward"] = _ACCELERATE_GUARD
     namespace[BASE_ATTR] = base
+    namespace[NAMES_ATTR] = tuple(names)
     namespace["__module__"] = base.__module__
     forward = scaled_forward_for(base)
     if forward is not None:
         namespace["forward"] = forward
     return type(f"Gauged{base.__name__}", (GaugedModuleMixin, base), namespace)
+
+
+def _new_gauged(base: type, names: tuple[str, ...]) -> nn.Module:
+    """An empty instance of a gauged class made anew (unpickling; the state follows)."""
+    cls = gauged_class(base, names)
+    return cls.__new__(cls)
