@@ -20,6 +20,8 @@ model's Parameter would take:
 * ``requires_grad`` / ``requires_grad_()``, ``register_hook`` (the hook sees and returns
   effective gradients dL/dW = (dL/dw) / m), ``.grad`` (the effective gradient, itself
   write-through to the stored one), ``is_leaf``, ``grad_fn``: those of the Parameter;
+* Python attributes: those of the Parameter (transformers' ``_is_hf_initialized``, which its
+  init functions read to skip loaded weights; mup's ``infshape``), read and set through it;
 * pickling and ``copy.deepcopy`` give plain tensors of the effective values.
 
 Each read is a tensor of its own (on a plain model, one Parameter), kept live: an op on it
@@ -96,6 +98,18 @@ class EffectiveTensor(torch.Tensor):
         with _NO_TF():
             return func(*args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:  # only when ordinary lookup fails
+        param = _attribute_owner(self, name)
+        if param is not None and name in param.__dict__:
+            return param.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        param = _attribute_owner(self, name)
+        if param is not None and not hasattr(torch.Tensor, name):
+            setattr(param, name, value)
+
     def __reduce_ex__(self, protocol: int):
         return _plain(self).detach().__reduce_ex__(protocol)
 
@@ -105,6 +119,17 @@ class EffectiveTensor(torch.Tensor):
         if not self._gc_path and self._gc_kind == "value" and not self._gc_detached:
             return nn.Parameter(copy, requires_grad=self._gc_param.requires_grad)
         return copy
+
+
+def _attribute_owner(t: EffectiveTensor, name: str) -> nn.Parameter | None:
+    """The Parameter whose Python attributes ``t`` shows: that of a live read ``module.weight``
+    (not a view, ``.data``, a state-dict value or a gradient: on a plain model those are other
+    tensors, without the Parameter's attributes)."""
+    d = t.__dict__
+    if name.startswith("_gc_") or d.get("_gc_path") or d.get("_gc_kind") != "value" or \
+            d.get("_gc_detached", True):
+        return None
+    return d.get("_gc_param")
 
 
 def effective_tensor(p: torch.Tensor, m: float, name: str, detached: bool = False,
