@@ -65,7 +65,10 @@ class SavedBytes:
     """Unique storages saved for backward that are not parameters' storages."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.params = set()
+        for p in model.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p  # FSDP2's sharded DTensor
+            self.params.add(local.untyped_storage().data_ptr())
         self.saved: list[torch.Tensor] = []
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,13 @@
-"""Training-step time of a model in muP gauge against the same model without gaugeconv, eager and
-compiled, measured in one run (GPT-2 and Llama, 4 layers, width 256). Prints the ratios.
+"""Training-step time of a model in muP gauge, in both forms, against the same model without
+gaugeconv, eager and compiled, measured in one run (GPT-2 and Llama, 4 layers, width 256).
 
-The two models alternate in rounds (plain, muP, plain, muP, ...) so that the machine's noise is
-shared; the ratio is the median of the per-round ratios of median step times, and the spread
-(min..max over rounds) says how noisy the machine was.
+Three models from one seed: the plain transformers model with one AdamW group, the muP gauge in
+the plain form (the default: a plain model with the gauge's per-tensor groups) and in the
+materialized form (stored tensors, multipliers in the forward). They alternate step by step in
+rounds so that the machine's noise is shared; each ratio is the median of the per-round ratios
+of median step times, and the spread (min..max over rounds) says how noisy the machine was.
 
-python benchmarks/multiplier_overhead.py [--archs gpt2 llama] [--modes eager compiled]
+python benchmarks/step_time.py [--archs gpt2 llama] [--modes eager compiled]
     [--width 256] [--layers 4] [--rounds 5] [--steps 6] [--clock wall|cpu] [--json]
 """
 
@@ -52,36 +54,39 @@ def step_times(call, opt, batch, steps: int, clock=time.perf_counter) -> list[fl
     return times
 
 
+FORMS = ("plain", "materialized")
+
+
 def measure(arch: str, mode: str, a: argparse.Namespace, bar) -> dict:
     ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "labels": ids}
     plain = make(arch, a.width, a.layers)
-    gauged = gh.apply_gauge(make(arch, a.width, a.layers), gh.GaugeConfig(richness=0.5))
-    runs = {
-        "plain": (plain, torch.optim.AdamW(plain.parameters(), lr=1e-4)),
-        "mup": (gauged, gh.GaugeOptimizerFactory()(gauged, "adamw", lr=1e-4)),
-    }
-    per_tensor = gh.GaugeOptimizerFactory()(gauged, "adamw", lr=1e-4, merge=False)
+    runs = {"model": (plain, torch.optim.AdamW(plain.parameters(), lr=1e-4))}
+    for form in FORMS:
+        gauged = gh.apply_gauge(make(arch, a.width, a.layers),
+                                gh.GaugeConfig(richness=0.5, form=form))
+        runs[form] = (gauged, gh.GaugeOptimizerFactory()(gauged, "adamw", lr=1e-4))
+    per_tensor = gh.GaugeOptimizerFactory()(runs["materialized"][0], "adamw", lr=1e-4, merge=False)
     calls = {k: (torch.compile(m) if mode == "compiled" else m) for k, (m, _) in runs.items()}
     for key, (_, opt) in runs.items():  # warm-up (and compilation)
         step_times(calls[key], opt, batch, 2)
-    rounds: dict[str, list[float]] = {"plain": [], "mup": []}
+    rounds: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(a.rounds):
-        times: dict[str, list[float]] = {"plain": [], "mup": []}
-        for _ in range(a.steps):  # alternate step by step: both see the same load
+        times: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(a.steps):  # alternate step by step: all see the same load
             for key, (_, opt) in runs.items():
                 times[key] += step_times(calls[key], opt, batch, 1, CLOCKS[a.clock])
         for key in rounds:
             rounds[key].append(statistics.median(times[key]))
         bar.update(1)
-    ratios = [m / p for m, p in zip(rounds["mup"], rounds["plain"])]
+    ratios = {form: [m / p for m, p in zip(rounds[form], rounds["model"])] for form in FORMS}
     return {
         "arch": arch, "mode": mode, "clock": a.clock,
         "median_step_ms": {k: 1e3 * statistics.median(v) for k, v in rounds.items()},
-        "ratio_mup_over_plain": statistics.median(ratios),
-        "ratio_spread": [min(ratios), max(ratios)],
-        "gauged_modules": gh.get_gauged(gauged).hooks.active,
-        "optimizer_groups": len(runs["mup"][1].param_groups),
+        "ratio_over_plain": {f: statistics.median(r) for f, r in ratios.items()},
+        "ratio_spread": {f: [min(r), max(r)] for f, r in ratios.items()},
+        "gauged_modules": {f: gh.get_gauged(runs[f][0]).hooks.active for f in FORMS},
+        "optimizer_groups": len(runs["materialized"][1].param_groups),
         "optimizer_groups_one_per_tensor": len(per_tensor.param_groups),
     }
 
@@ -109,14 +114,19 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"training step, AdamW, batch {BATCH} x {SEQ} tokens, width {a.width}, {a.layers} layers, "
-          f"{a.clock} clock")
+          f"{a.clock} clock; muP gauge in each form against the plain model")
     for r in results:
         ms = r["median_step_ms"]
-        lo, hi = r["ratio_spread"]
-        print(f"{r['arch']:6s} {r['mode']:8s} plain {ms['plain']:7.1f} ms  muP {ms['mup']:7.1f} ms  "
-              f"ratio {r['ratio_mup_over_plain']:.3f} (rounds {lo:.3f}..{hi:.3f}; "
-              f"{r['gauged_modules']} gauged modules, {r['optimizer_groups']} groups, "
-              f"{r['optimizer_groups_one_per_tensor']} if one per tensor)")
+        parts = []
+        for form in FORMS:
+            lo, hi = r["ratio_spread"][form]
+            parts.append(f"{form} {ms[form]:7.1f} ms ratio {r['ratio_over_plain'][form]:.3f} "
+                         f"({lo:.3f}..{hi:.3f})")
+        print(f"{r['arch']:6s} {r['mode']:8s} plain model {ms['model']:7.1f} ms | "
+              + " | ".join(parts)
+              + f" | {r['gauged_modules']['materialized']} modules swapped when materialized, "
+              f"{r['optimizer_groups']} groups ({r['optimizer_groups_one_per_tensor']} if one "
+              "per tensor)")
 
 
 if __name__ == "__main__":

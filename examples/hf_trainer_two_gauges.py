@@ -1,5 +1,7 @@
 """Train a tiny GPT-2 and a tiny Llama with the Hugging Face Trainer in two gauges of one
-richness (STP and muP at r = 1/2) and print the two loss curves side by side.
+richness and print the loss curves side by side: the default (the plain form, here labelled
+muP: a plain model with the gauge's per-tensor optimizer groups) and muP's materialized form
+(stored tensors w = W/m, multipliers in the forward, one global learning rate).
 
 Run:  python examples/hf_trainer_two_gauges.py      (tiny models from configs, no downloads)
 """
@@ -40,8 +42,9 @@ def tiny(arch):
                                         bos_token_id=0, eos_token_id=0, pad_token_id=0))
 
 
-def train(arch, gauge, out_dir):
-    model = gh.apply_gauge(tiny(arch), gh.GaugeConfig(richness=0.5, gauge=gauge, optimizer="adam"))
+def train(arch, form, out_dir):
+    model = gh.apply_gauge(tiny(arch), gh.GaugeConfig(richness=0.5, gauge="mup", optimizer="adam",
+                                                      form=form))
     args = TrainingArguments(out_dir, max_steps=STEPS, per_device_train_batch_size=8,
                              learning_rate=0.3, lr_scheduler_type="linear", warmup_steps=4,
                              logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
@@ -54,9 +57,9 @@ def train(arch, gauge, out_dir):
 if __name__ == "__main__":
     for arch in ("gpt2", "llama"):
         with tempfile.TemporaryDirectory() as tmp:
-            stp, mup = train(arch, "stp", tmp), train(arch, "mup", tmp)
-        print(f"\n{arch}: r = 1/2, AdamW, base lr 0.3, {STEPS} steps")
-        print(f"{'step':>4}  {'STP gauge':>12}  {'muP gauge':>12}")
+            stp, mup = train(arch, "plain", tmp), train(arch, "materialized", tmp)
+        print(f"\n{arch}: muP gauge at r = 1/2, AdamW, base lr 0.3, {STEPS} steps")
+        print(f"{'step':>4}  {'plain form':>12}  {'materialized':>12}")
         for k, (a, b) in enumerate(zip(stp, mup)):
             print(f"{k:>4}  {a:>12.6f}  {b:>12.6f}")
         worst = max(abs(a - b) / abs(a) for a, b in zip(stp, mup))

@@ -236,7 +236,10 @@ def _cmd_roles(args: argparse.Namespace) -> int:
         return 0
     g = report["gauge"]
     print(f"{report['model']}: r={g['richness']:g} gamma={g['gamma']:g} gauge={g['gauge']} "
-          f"optimizer family={g['optimizer']} width={g['width']}")
+          f"({g['form']} form) optimizer family={g['optimizer']} width={g['width']}")
+    print("multiplier, lr x, init std: the gauge's stored numbers (its materialized form); in the "
+          "plain form the Parameters hold effective tensors and the optimizer groups are STP's"
+          if g["form"] == "plain" else "multiplier, lr x, init std: the gauge's stored numbers")
     print(_attention_line(report["attention"]) + "\n")
     head = ["tensor", "shape", "module", "role", "fan_in", "from", "multiplier", "lr x", "init std"]
     rows = [head]

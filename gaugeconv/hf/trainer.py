@@ -25,6 +25,7 @@ from torch import nn
 
 from ..clip import clip_grad_norm_, effective_grad_norm
 from ..errors import GaugeError, UnsupportedOptimizerError
+from ..forms import PLAIN
 from ..model import BASE_LR_GROUP, optimizer_class
 from .model import get_gauged
 from .peft import ensure_gauged
@@ -102,12 +103,15 @@ class GaugeTrainer(_trainer_base()):
     """A Trainer whose default optimizer has the model's per-tensor gauge groups.
 
     Gradient clipping (``max_grad_norm``) uses the norm of the effective gradients, which is the
-    same in every gauge (the stock Trainer clips by the stored gradients' norm, which is not).
+    same in every gauge: in the plain form the model's gradients are the effective ones, so the
+    Trainer's own clipping is used (accelerate's, aware of FSDP, DeepSpeed and device meshes);
+    in the materialized form the stored gradients are m times the effective ones, and the
+    Trainer's own clipping (by the stored norm) would tell gauges apart, so gaugeconv's
+    effective norm is used.
     ``optimizer_hyper`` adds optimizer keywords (SGD's momentum, say). DeepSpeed configs that
     define their own optimizer are refused: DeepSpeed would build it from all parameters in one
     group and the gauge's learning rates would be lost. FSDP keeps the groups when
-    ``use_orig_params`` is on (the default for FSDP2); the multiplier hooks run inside the
-    wrapped modules.
+    ``use_orig_params`` is on (the default for FSDP2).
     """
 
     def __init__(self, *args: Any, optimizer_hyper: dict[str, Any] | None = None, **kwargs: Any):
@@ -127,12 +131,16 @@ class GaugeTrainer(_trainer_base()):
             )
 
     def _clip_grad_norm(self, model: nn.Module):
+        if get_gauged(self.model).form == PLAIN:
+            return super()._clip_grad_norm(model)
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None:
             self.accelerator.unscale_gradients()
         return clip_grad_norm_(get_gauged(self.model), self.args.max_grad_norm)
 
     def _get_grad_norm(self, model: nn.Module, grad_norm=None):
+        if get_gauged(self.model).form == PLAIN:
+            return super()._get_grad_norm(model, grad_norm)
         if grad_norm is None:
             grad_norm = effective_grad_norm(get_gauged(self.model))
         return grad_norm.item() if hasattr(grad_norm, "item") else float(grad_norm)

@@ -17,7 +17,7 @@ differs by rounding.
 Where the activation side would lose range (float16 compute: w = W/m is 1/m times larger than
 W, and x @ w^T can overflow float16's 65504 where x @ W^T does not) the weight side is used,
 as before. A subclass that overrides ``forward`` keeps its own (it reads ``module.weight``,
-which gives m * w).
+which gives m * w), and so does a module whose weight is a parametrization's (weight norm).
 """
 
 from __future__ import annotations
@@ -58,7 +58,23 @@ def _scaled(out: torch.Tensor, m: float) -> torch.Tensor:
     return out if m == 1.0 else out * m
 
 
+def _base_class(module: nn.Module) -> type:
+    """The class the gauged class was made from (FSDP2 may have wrapped ours again)."""
+    for klass in type(module).__mro__:
+        base = klass.__dict__.get("_gaugeconv_base")
+        if base is not None:
+            return base
+    return type(module)
+
+
+def _own_weight(module: nn.Module) -> bool:
+    """Whether the weight is a Parameter of the module itself (not a parametrization's)."""
+    return "weight" in module._parameters
+
+
 def _linear(self: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    if not _own_weight(self):
+        return nn.Linear.forward(self, input)
     w, b, mw, mb = _weight_and_bias(self)
     if _half_compute(input, w):
         return F.linear(input, w * mw, None if b is None else b * mb)
@@ -67,6 +83,8 @@ def _linear(self: nn.Module, input: torch.Tensor) -> torch.Tensor:
 
 def _conv1d_gpt2(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """transformers' Conv1D ([in, out] weight, addmm with the bias) with the scale outside."""
+    if not _own_weight(self):
+        return _base_class(self).forward(self, x)
     w, b, mw, mb = _weight_and_bias(self)
     size_out = x.size()[:-1] + (self.nf,)
     flat = x.view(-1, x.size(-1))
@@ -78,6 +96,8 @@ def _conv1d_gpt2(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _conv(self: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    if not _own_weight(self):  # weight norm and other parametrizations: the base's own path
+        return self._conv_forward(input, self.weight, self.bias)
     w, b, mw, mb = _weight_and_bias(self)
     if _half_compute(input, w):
         return self._conv_forward(input, w * mw, None if b is None else b * mb)
@@ -86,7 +106,7 @@ def _conv(self: nn.Module, input: torch.Tensor) -> torch.Tensor:
 
 def _embedding_for(base_forward: Callable) -> Callable:
     def forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:
-        if self.max_norm is not None:  # renormalises the weight in place: the base's own path
+        if self.max_norm is not None or not _own_weight(self):  # renorm in place, parametrized
             return base_forward(self, input)
         w, _, mw, _ = _weight_and_bias(self)
         if _half_compute(w, w):

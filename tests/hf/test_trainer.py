@@ -92,6 +92,28 @@ def test_trainer_float32_model_loss(tmp_path, arch, optimizer):
     assert rel(ref, got) <= 1e-4
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama-tied"])
+def test_plain_and_materialized_forms_train_bit_for_bit(tmp_path, arch):
+    """Width 64: every muP factor is a power of two, so the default plain form and muP's
+    materialized form take the same steps bit for bit in float32, clipping included (the plain
+    form clips with the Trainer's own clip, the materialized one by the effective norm computed
+    the same way)."""
+    runs = {}
+    for form in ("plain", "materialized"):
+        with default_dtype(torch.float32):
+            model = build(arch, width=64, dtype=torch.float32)
+            gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", form=form))
+            args = training_args(str(tmp_path / form), "adamw", 6, max_grad_norm=0.5)
+            trainer = gh.GaugeTrainer(model=model, args=args, train_dataset=Stream(arch))
+            trainer.train()
+        runs[form] = (losses(trainer), gh.get_gauged(model).effective_parameters())
+    (la, wa), (lb, wb) = runs["plain"], runs["materialized"]
+    assert la == lb and max(la) - min(la) > 1e-3
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    assert norms and max(norms) > 0.5  # the clipping was active
+
+
 def test_groups_logging_and_the_stock_trainer(tmp_path):
     trainer = run_trainer(tmp_path, "gpt2", "mup", "adamw", torch.float64)
     groups = trainer.optimizer.param_groups

@@ -186,6 +186,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
+def _largest(t: torch.Tensor) -> float:
+    return t.max().item() if t.numel() else 0.0
+
+
 def _ulps(a: torch.Tensor, b: torch.Tensor) -> int:
     return (a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max().item()
 
@@ -277,25 +281,39 @@ def test_save_and_from_pretrained(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adamw_step_stp_and_mup_agree_in_float64(arch):
-    """muP's materialized form against the default (plain form, here of the STP gauge)."""
+    """muP's materialized form against the default (plain form, here of the STP gauge).
+
+    Width 48: the factors are not powers of two, so the forms agree to rounding: the effective
+    gradients to 1e-12 of the largest. Adam's first step, lr * g / (|g| + eps), passes a
+    gradient's rounding difference dg on with the factor lr * eps / (|g| + eps)^2 (up to lr/eps
+    for an entry whose gradient is near zero, such as a key bias, whose exact gradient is zero:
+    softmax is shift invariant): each entry of the stepped weights is held to that propagation of
+    its own measured dg, plus 1e-12 of the tensor's scale.
+    """
     x = inputs(arch, dtype=torch.float64)
     runs = {}
+    lr, eps = 1e-2, 1e-8
     for gauge, form in (("stp", "plain"), ("mup", "materialized")):
         model = build(arch, dtype=torch.float64)
         gh.apply_gauge(model, _config(arch, gauge=gauge, form=form))
         gauged = gh.get_gauged(model)
         before = gauged.effective_parameters()
-        opt = gauged.make_optimizer("adamw", lr=1e-2, weight_decay=0.1, eps=1e-8)
+        opt = gauged.make_optimizer("adamw", lr=lr, weight_decay=0.1, eps=eps)
         y = flat_outputs(model(**x))
         weights = torch.linspace(-1, 1, y.numel(), dtype=torch.float64)
         (y * weights).sum().backward()
+        m = gauged.multipliers
+        grads = {n: p.grad.double() / m[n] if p.grad is not None else torch.zeros_like(p).double()
+                 for n, p in model.named_parameters()}  # frozen sinusoidal tables: no gradient
         opt.step()
-        runs[gauge] = (gauged.effective_parameters(), _run(model, x))
-    (eff_a, out_a), (eff_b, out_b) = runs["stp"], runs["mup"]
+        runs[gauge] = (gauged.effective_parameters(), _run(model, x), grads)
+    (eff_a, out_a, grad_a), (eff_b, out_b, grad_b) = runs["stp"], runs["mup"]
+    top = max(g.abs().max().item() for g in grad_a.values())
     for name, w in eff_a.items():
-        # floor: a tensor whose gradient is zero in exact arithmetic (a key bias: softmax is
-        # shift invariant) moves by rounding noise alone, ~1e-17 in float64
+        dg = (grad_a[name] - grad_b[name]).abs()
+        assert dg.max().item() <= 1e-12 * top, name
+        propagated = 2 * lr * eps * dg / (grad_a[name].abs() + eps) ** 2
         scale = max(w.abs().max().item(), 1e-2)
-        assert (w - eff_b[name]).abs().max().item() <= 1e-12 * scale, name
+        assert bool(((w - eff_b[name]).abs() <= 1e-12 * scale + propagated).all()), name
     assert sum(not torch.equal(w, before[k]) for k, w in eff_b.items()) > len(eff_b) // 2
-    assert _rel(out_b, out_a) <= 1e-12
+    assert _rel(out_b, out_a) <= 1e-7  # the propagated noise of near-zero gradients, above
