@@ -19,7 +19,9 @@ What the class guards, so that third-party code is right or loud:
   slot directly (``torch.func.functional_call``, accelerate's ``set_module_tensor_to_device``)
   is in unknown units and refused at the next read, naming the tensor;
 * assignment: ``module.weight = nn.Parameter(...)`` (also transformers' ``tie_weights``) is a
-  GaugeError: the slot holds stored units, the value is in effective ones;
+  GaugeError: the slot holds stored units, the value is in effective ones; so is removing the
+  tensor (``del module.weight``, torch's parametrizations: they would keep m * w, read once, as
+  untrained buffers);
 * the state dict holds effective tensors (write-through, pickled as plain tensors) and
   ``load_state_dict`` unfolds what it is given;
 * accelerate's hooks (offload, dispatch) are refused before they touch a tensor;
@@ -216,6 +218,17 @@ class GaugedModuleMixin:
                 "write effective values in place: module.weight.copy_(W)"
             )
         super().register_parameter(name, param)  # type: ignore[misc]
+
+    def __delattr__(self, name: str) -> None:
+        if name in self.__dict__.get(M_ATTR, {}) and name in self._parameters:  # type: ignore
+            raise GaugeError(
+                f"{_label(self, name)}: removing a tensor of a materialized gauge from its module "  # type: ignore[arg-type]
+                "(torch.nn.utils.parametrize: weight_norm, spectral_norm, orthogonal; del "
+                "module.weight). A parametrization would take m * w as read once and register "
+                "what it derives as buffers (the read is not an nn.Parameter): untrained, "
+                "silently. Parametrize in the plain form (gh.to_plain / GaugedModel.to_plain)"
+            )
+        super().__delattr__(name)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         reduced = super().__reduce_ex__(protocol)  # type: ignore[misc]
