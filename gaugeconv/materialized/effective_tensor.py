@@ -111,9 +111,11 @@ class EffectiveTensor(torch.Tensor):
             setattr(param, name, value)
 
     def __reduce_ex__(self, protocol: int):
+        _catch_up_one(self)
         return _plain(self).detach().__reduce_ex__(protocol)
 
     def __deepcopy__(self, memo: dict) -> torch.Tensor:
+        _catch_up_one(self)
         with _NO_TF():
             copy = _plain(self).detach().clone()
         if not self._gc_path and self._gc_kind == "value" and not self._gc_detached:
