@@ -22,6 +22,10 @@ model's Parameter would take:
   write-through to the stored one), ``is_leaf``, ``grad_fn``: those of the Parameter;
 * Python attributes: those of the Parameter (transformers' ``_is_hf_initialized``, which its
   init functions read to skip loaded weights; mup's ``infshape``), read and set through it;
+* ``isinstance(module.weight, nn.Parameter)`` is True (torch's ``_is_param`` flag for tensor
+  subclasses), as on a plain model: ``nn.Module.get_parameter`` and with it transformers'
+  ``tie_weights`` take the read. Registering it into a module is refused (``gauged_class``),
+  except re-tying a slot to the Parameter it already holds;
 * pickling and ``copy.deepcopy`` give plain tensors of the effective values.
 
 Each read is a tensor of its own (on a plain model, one Parameter), kept live: an op on it
@@ -146,6 +150,8 @@ def effective_tensor(p: torch.Tensor, m: float, name: str, detached: bool = Fals
             base = p * m
         out = base.as_subclass(EffectiveTensor)
     _tag(out, p, m, name, kind, (), detached or kind == "grad")
+    if kind == "value" and not detached:
+        out.__dict__["_is_param"] = True  # isinstance(out, nn.Parameter), not the Parameter's
     return out
 
 

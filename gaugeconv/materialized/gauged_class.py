@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import GaugeError
-from .effective_tensor import effective_tensor
+from .effective_tensor import EffectiveTensor, effective_tensor
 from .scaled_forward import scaled_forward_for
 from .unfold import unfold
 
@@ -208,6 +208,8 @@ class GaugedModuleMixin:
                     owned[name] = p
 
     def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        if _is_read_of_slot(self, name, param):
+            return  # re-tying a slot to what it holds (transformers' tie_weights): nothing to do
         if param is not None and name in self.__dict__.get(M_ATTR, {}) and \
                 not self.__dict__.get(LOADING_ATTR):
             raise GaugeError(
@@ -283,3 +285,30 @@ def _new_gauged(base: type, names: tuple[str, ...]) -> nn.Module:
     """An empty instance of a gauged class made anew (unpickling; the state follows)."""
     cls = gauged_class(base, names)
     return cls.__new__(cls)
+
+
+def _is_read_of_slot(module: nn.Module, name: str, param: Any) -> bool:
+    """Whether ``param`` is a live read of the very Parameter in ``module``'s slot, at its
+    multiplier (``lm_head.weight = wte.weight`` where the two are tied already)."""
+    if not isinstance(param, EffectiveTensor):
+        return False
+    d = param.__dict__
+    return (d.get("_gc_kind") == "value" and not d.get("_gc_path") and not d.get("_gc_detached")
+            and d.get("_gc_param") is module._parameters.get(name)
+            and d.get("_gc_m") == module.__dict__.get(M_ATTR, {}).get(name))
+
+
+def _refuse_registering_a_read(module: nn.Module, name: str, param: Any) -> None:
+    """A global parameter-registration hook: a read of a materialized gauge's tensor (m * w, an
+    EffectiveTensor that passes for an nn.Parameter) is not the stored Parameter, so it cannot
+    become another module's Parameter (``head.weight = gauged.weight``, ``nn.Parameter(read)``)."""
+    if isinstance(param, EffectiveTensor):
+        raise GaugeError(
+            f"{param.__dict__.get('_gc_name', '?')}: registering a read of a materialized "
+            f"gauge's tensor (m * w) as parameter {name!r} of {type(module).__name__}: it is not "
+            "the stored Parameter, so it would neither be tied nor be trained as one. Tie in the "
+            "plain form (gh.to_plain), or register a copy: nn.Parameter(w.detach().clone())"
+        )
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_refuse_registering_a_read)
