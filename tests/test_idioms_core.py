@@ -197,8 +197,10 @@ def test_weight_and_spectral_norm_on_a_gauged_linear(form, kind):
     """Plain: forward kept, the optimizer names the parametrization's new tensors (no role yet).
 
     Materialized: refused before anything changes. torch's parametrize reads ``module.weight``
-    (m * w, not an nn.Parameter) and registers what it derives from it as buffers: the layer
-    would silently stop training.
+    (m * w) and would keep what it derives from it in place of the stored tensor. spectral_norm
+    registers the read itself (GaugeError naming it); weight_norm makes ``nn.Parameter(read)``
+    of it, which torch refuses as a non-leaf (its own ValueError, naming "original1"); removing
+    the tensor (the next step) would be a GaugeError too.
     """
     from torch.nn.utils import parametrizations
 
@@ -209,8 +211,12 @@ def test_weight_and_spectral_norm_on_a_gauged_linear(form, kind):
     assert [n for n, _ in ref.module.named_parameters() if "original" in n] != []
     if form == "materialized":
         layer = gauged.module.layers[1]
-        with pytest.raises(GaugeError, match="layers.1.weight: removing a tensor of a materialized"):
+        error, match = ((GaugeError, "layers.1.weight: registering a read") if kind == "spectral_norm"
+                        else (ValueError, "Cannot assign non-leaf Tensor to parameter 'original1'"))
+        with pytest.raises(error, match=match):
             getattr(parametrizations, kind)(layer)
+        with pytest.raises(GaugeError, match="layers.1.weight: removing a tensor of a materialized"):
+            del layer.weight
         assert "weight" in layer._parameters and not hasattr(layer, "parametrizations")
         assert torch.equal(out(gauged.module), before)
         return

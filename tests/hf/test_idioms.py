@@ -435,18 +435,47 @@ def test_manual_tie_of_an_untied_llama(form):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("build", [llama, gpt2], ids=["llama-untied", "gpt2-tied"])
 def test_tie_weights(form, build):
-    """transformers' ``tie_weights()``: a no-op on both models (untied stays untied)."""
+    """transformers' ``tie_weights()`` (get_parameter, then setattr): a no-op on both models."""
     ref, model = pair(form, build)
-    ref.tie_weights()
-    if form == "materialized" and build is gpt2:
-        # transformers reads the source with nn.Module.get_parameter, which wants an
-        # nn.Parameter and gets the effective tensor: refused before anything is assigned
-        with pytest.raises(AttributeError, match="transformer.wte.weight"):
-            model.tie_weights()
-        assert model.lm_head._parameters["weight"] is model.transformer.wte._parameters["weight"]
-        assert torch.equal(logits(model), logits(ref))
+    for m in (ref, model):
+        m.tie_weights()
+    assert isinstance(model.lm_head.weight, nn.Parameter)  # as get_parameter wants it
+    tied = model.lm_head._parameters["weight"] is model.get_input_embeddings()._parameters["weight"]
+    assert tied == (build is gpt2)
+    assert_trains_alike(ref, model)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_resize_token_embeddings_of_a_tied_gpt2(form):
+    """The embedding is resized in place (``weight.data = ...``), then re-tied (tie_weights)."""
+    ref, model = pair(form, gpt2)
+    for m in (ref, model):
+        torch.manual_seed(3)
+        m.resize_token_embeddings(VOCAB + 3, mean_resizing=False)
+    assert model.config.vocab_size == VOCAB + 3
+    assert model.lm_head._parameters["weight"] is model.transformer.wte._parameters["weight"]
+    assert model.lm_head.weight.shape[0] == VOCAB + 3
+    assert_trains_alike(ref, model)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_tying_a_plain_module_to_a_gauged_weight(form):
+    """``embed_tokens.weight = lm_head.weight`` (the other direction) and ``nn.Parameter(read)``."""
+    ref, model = pair(form)
+    for m in (ref, model):
+        with torch.no_grad():
+            m.lm_head.weight.mul_(0.5)
+    if form == "materialized":
+        # the read of a gauged tensor is m * w, not the stored Parameter: refused by name
+        for assign in (lambda: setattr(model.model.embed_tokens, "weight", model.lm_head.weight),
+                       lambda: setattr(nn.Linear(2, 2), "weight", nn.Parameter(model.lm_head.weight))):
+            with torch.no_grad(), pytest.raises(GaugeError, match="lm_head.weight: registering"):
+                assign()
+        assert torch.equal(logits(model), logits(ref))  # as it was
         return
-    model.tie_weights()
+    for m in (ref, model):
+        m.model.embed_tokens.weight = m.lm_head.weight
+    assert not torch.equal(logits(ref), logits(llama()))
     assert_trains_alike(ref, model)
 
 
