@@ -648,6 +648,29 @@ def test_appending_a_layer_without_updating_the_config_is_refused(form):
         gauge_optimizer(model)
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_weight_norm_on_a_linear_of_the_model(form):
+    """New tensors (g, v) without a role: the optimizer names them; giving their roles (apply_gauge
+    again with role_overrides, the function kept) makes the plain form train like the reference.
+    The materialized form refuses the parametrization itself (tests/test_idioms_core.py)."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    roles = {"*.original0": "readin", "*.original1": "hidden"}
+    ref, model = pair(form)
+    weight_norm(ref.model.layers[0].mlp.up_proj)
+    if form == "materialized":
+        with pytest.raises(ValueError, match="original1"):
+            weight_norm(model.model.layers[0].mlp.up_proj)
+        assert torch.equal(logits(model), logits(ref))
+        return
+    weight_norm(model.model.layers[0].mlp.up_proj)
+    assert torch.equal(logits(model), logits(ref))
+    with pytest.raises(RoleError, match=r"up_proj.parametrizations.weight.original0"):
+        gauge_optimizer(model)
+    gauged(model, form, role_overrides=roles)
+    assert_trains_alike(ref, model, role_overrides=roles)
+
+
 # -- copies and pickling -------------------------------------------------------------------------
 @pytest.mark.parametrize("form", FORMS)
 def test_deepcopy_trains_like_the_original(form):
