@@ -16,6 +16,7 @@ import gaugeconv.hf as gh
 from gaugeconv.errors import GaugeError
 from gaugeconv.hf.attention import attention_modules
 from gaugeconv.hf.base import BaseWidthWarning
+from gaugeconv.hf.inspect import meta_model
 
 from . import zoo
 from .tiny import VOCAB, build
@@ -87,6 +88,8 @@ def test_no_warning_where_the_base_is_known(tmp_path):
     build("llama", width=128).save_pretrained(tmp_path / "plain")
     plain = cls.from_pretrained(str(tmp_path / "plain"))
     assert not caught(lambda: gh.apply_gauge(plain, gh.GaugeConfig(richness=0.5)))
+    # ... also as `gaugeconv roles` / `convert` build it from the folder (meta device)
+    assert not caught(lambda: meta_model(tmp_path / "plain", gh.GaugeConfig(richness=0.5)))
     # a gauged save carries its base: gh.from_pretrained, and a model built from its config
     # (the entry comes along), are quiet and keep base and d0
     model, _ = _gauged("llama", 128, base_width=64)
