@@ -56,7 +56,8 @@ def measure(arch: str, mode: str, a: argparse.Namespace, bar) -> dict:
     ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "labels": ids}
     plain = make(arch, a.width, a.layers)
-    gauged = gh.apply_gauge(make(arch, a.width, a.layers), gh.GaugeConfig(richness=0.5))
+    gauged = gh.apply_gauge(make(arch, a.width, a.layers),
+                            gh.GaugeConfig(richness=0.5, base_width=a.width))  # its own base
     runs = {
         "plain": (plain, torch.optim.AdamW(plain.parameters(), lr=1e-4)),
         "mup": (gauged, gh.GaugeOptimizerFactory()(gauged, "adamw", lr=1e-4)),
