@@ -166,6 +166,10 @@ def from_mup(
     and optimizer are then converted to it (stp, mup, rescaling...). The base lr, weight decay
     and eps default to the optimizer's (the values passed to MuAdam/MuSGD). mup's model and
     optimizer are left as they were (the new optimizer has its own state tensors).
+
+    ``imported.make_optimizer(cls)`` builds a fresh optimizer with every group's own betas,
+    momentum... (``group_hypers.py``); ``imported.clip_grad_norm_(max_norm)`` clips as mup's
+    ``clip_grad_norm_`` does, in any gauge; tensors mup does not train are ``imported.frozen``.
     """
     rule = DEFAULT_REGISTRY.rule_for(optimizer)
     family: Family = rule.family
