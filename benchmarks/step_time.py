@@ -63,8 +63,8 @@ def measure(arch: str, mode: str, a: argparse.Namespace, bar) -> dict:
     plain = make(arch, a.width, a.layers)
     runs = {"model": (plain, torch.optim.AdamW(plain.parameters(), lr=1e-4))}
     for form in FORMS:
-        gauged = gh.apply_gauge(make(arch, a.width, a.layers),
-                                gh.GaugeConfig(richness=0.5, form=form))
+        gauged = gh.apply_gauge(make(arch, a.width, a.layers),  # its own base width
+                                gh.GaugeConfig(richness=0.5, form=form, base_width=a.width))
         runs[form] = (gauged, gh.GaugeOptimizerFactory()(gauged, "adamw", lr=1e-4))
     per_tensor = gh.GaugeOptimizerFactory()(runs["materialized"][0], "adamw", lr=1e-4, merge=False)
     calls = {k: (torch.compile(m) if mode == "compiled" else m) for k, (m, _) in runs.items()}

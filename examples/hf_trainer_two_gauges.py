@@ -43,8 +43,9 @@ def tiny(arch):
 
 
 def train(arch, form, out_dir):
+    # base_width=64: this width-64 model is its own base (no sweep; without it gaugeconv warns)
     model = gh.apply_gauge(tiny(arch), gh.GaugeConfig(richness=0.5, gauge="mup", optimizer="adam",
-                                                      form=form))
+                                                      form=form, base_width=64))
     args = TrainingArguments(out_dir, max_steps=STEPS, per_device_train_batch_size=8,
                              learning_rate=0.3, lr_scheduler_type="linear", warmup_steps=4,
                              logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,

@@ -9,7 +9,11 @@ Run:  python examples/hf_transfer_llama.py [--widths 64,128,256] [--log2-lr=-11,
 
 Tiny models from configs, synthetic token data (``gaugeconv.data.token_data``: arithmetic
 progressions modulo a 64-token vocabulary), no downloads. Two layers, 4 heads whose size grows
-with the width (the attention logits keep transformers' 1/sqrt(d_head)), AdamW without weight
+with the width; the muP runs name the sweep's base once, ``GaugeConfig(base_width=64)`` (the
+smallest width, as mup's set_base_shapes base), which gives every width richness 1/2's attention
+logit scale 1/sqrt(d0) * d0/d_head with d0 = 16, the head dimension at the base (without a base
+each width would be its own base and keep transformers' 1/sqrt(d_head); gaugeconv warns about
+that for models built from scratch, ``--sqrt-d-attention`` runs it on purpose). AdamW without weight
 decay and without gradient clipping, linear warm-up over 10% of the steps then linear decay. The
 training loss is that of the whole training set after the last step. The default run (widths
 64-256, 13 lrs, 2 seeds, 40 steps: 156 Trainer runs) took 4.5 minutes of CPU time (user + sys)
@@ -59,18 +63,19 @@ def tiny_llama(width: int, seed: int) -> LlamaForCausalLM:
 
 
 def runner(kind: str, steps: int, train: Tokens, test: Tokens, out_dir: str,
-           base_head_dim: int | None = 16):
+           base_width: int | None = 64):
     """(width, seed, lr) -> final training and held-out loss, for 'mup' or 'sp'.
 
-    base_head_dim: the attention logit scale of richness r (hf/attention.py), 1/sqrt(d0) * d0/d
-    with d0 the head dimension at width 64; None keeps transformers' 1/sqrt(d) at every width.
+    base_width: the sweep's base width n0 (GaugeConfig(base_width=)): every width's attention
+    logit scale is 1/sqrt(d0) * d0/d with d0 the head dimension at n0 (hf/base.py); None makes
+    each width its own base (base_width=width), which keeps transformers' 1/sqrt(d).
     """
 
     def run(width: int, seed: int, lr: float) -> dict[str, float]:
         model = tiny_llama(width, seed)
         if kind == "mup":
             gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", optimizer="adam",
-                                                 attention_base_head_dim=base_head_dim))
+                                                 base_width=base_width or width))
             gh.initialize(model, seed)  # the init table of r = 1/2 (effective std per role)
         args = TrainingArguments(
             out_dir, max_steps=steps, per_device_train_batch_size=16, learning_rate=lr,
@@ -116,7 +121,7 @@ def main() -> None:
             tqdm(total=2 * len(widths) * len(lrs) * args.seeds, unit="run") as bar:
         for kind in ("mup", "sp"):
             bar.set_postfix_str(kind)
-            base = None if args.sqrt_d_attention else 16  # head dim at width 64 (4 heads)
+            base = None if args.sqrt_d_attention else widths[0]  # the sweep's base width
             sweeps[kind] = lr_sweep(runner(kind, args.steps, train, test, tmp, base), widths,
                                     lrs, args.seeds, kind, bar=bar)
             analyse_sweep(sweeps[kind], "train_loss")

@@ -7,8 +7,6 @@ groups, in mup's own gauge and converted to STP, rescaling and muP.
 
 from __future__ import annotations
 
-import inspect
-
 import mup
 import pytest
 import torch
@@ -16,81 +14,18 @@ from torch import nn
 
 import gaugeconv as gc
 from gaugeconv.importers import from_mup
-
-D_IN, D_OUT, N0 = 64, 10, 32  # base width 32 != d_in 64
-
-
-class MupMLP(nn.Module):
-    def __init__(self, n: int, bias: bool = True, output_mult: float = 1.0, zero: bool = False):
-        super().__init__()
-        self.l1 = nn.Linear(D_IN, n, bias=bias)
-        self.l2 = nn.Linear(n, n, bias=bias)
-        self.out = mup.MuReadout(n, D_OUT, bias=bias, output_mult=output_mult,
-                                 readout_zero_init=zero)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
-
-
-class MupTied(nn.Module):
-    """Embedding tied to a MuSharedReadout (mup's tied lm_head)."""
-
-    def __init__(self, n: int, vocab: int = 23):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, n)
-        self.mid = nn.Linear(n, n)
-        # bias=False: MuSharedReadout(weight, bias=True) gives a bias of the wrong size
-        self.head = mup.MuSharedReadout(self.emb.weight, bias=False, output_mult=2.0)
-
-    def forward(self, ids):
-        return self.head(torch.tanh(self.mid(self.emb(ids))))
-
-
-def make(n: int, cls=MupMLP, seed: int = 0, **kw) -> nn.Module:
-    torch.manual_seed(seed)
-    model = cls(n, **kw).double()
-    mup.set_base_shapes(model, cls(N0, **kw), delta=cls(2 * N0, **kw))
-    return model
-
-
-def mu_optimizer(kind: str, params, decoupled_wd: bool = False, **kw):
-    """MuSGD/MuAdam/MuAdamW; decoupled_wd (mup >= its GitHub master) emulated when missing."""
-    fn = {"sgd": mup.MuSGD, "adam": mup.MuAdam, "adamw": mup.MuAdamW}[kind]
-    if not decoupled_wd:
-        return fn(params, **kw)
-    if "decoupled_wd" in inspect.signature(fn).parameters:
-        return fn(params, decoupled_wd=True, **kw)
-    opt = fn(params, **kw)
-    for group in opt.param_groups:  # decoupled_wd=True skips mup's weight-decay scaling
-        group["weight_decay"] = kw.get("weight_decay", 0.0)
-    return opt
-
-
-def batches(steps: int, tied: bool = False, seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = (torch.randint(0, 23, (8, 5), generator=gen) if tied
-             else torch.randn(16, D_IN, generator=gen, dtype=torch.float64))
-        yield x, torch.randint(0, 23 if tied else D_OUT, (x.shape[0],) if not tied else (8, 5),
-                               generator=gen)
-
-
-def train_step(model, opt, x, y) -> torch.Tensor:
-    opt.zero_grad()
-    out = model(x)
-    loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / a.abs().max()).item()
-
-
-HYPER = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-2),
-         "adam": dict(lr=0.01, eps=1e-6, weight_decay=1e-2),
-         "adamw": dict(lr=0.01, eps=1e-6, weight_decay=1e-1)}
+from tests.mup_models import (
+    D_IN,
+    HYPER,
+    N0,
+    MupMLP,
+    MupTied,
+    batches,
+    make,
+    mu_optimizer,
+    rel,
+    train_step,
+)
 
 
 def compare(kind, gauges, import_at=3, steps=8, n=128, decoupled_wd=False, cls=MupMLP,

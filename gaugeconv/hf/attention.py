@@ -56,7 +56,8 @@ from .roles import twin_model
 
 __all__ = [
     "LOGIT_EXPONENT", "AttentionScale", "attention_modules", "unsupported_attention",
-    "logit_scale", "with_attention_base", "apply_attention_scale", "describe_attention",
+    "logit_scale", "head_dims", "with_attention_base", "apply_attention_scale",
+    "describe_attention",
 ]
 
 LOGIT_EXPONENT = 1.0  # s ~ d^-1 at every richness r in [0, 1/2] (module docstring)
@@ -135,6 +136,13 @@ def _native(module: nn.Module) -> float:
     return module.__dict__.get(_NATIVE, module.scaling)
 
 
+def head_dims(model: nn.Module) -> list[int]:
+    """The distinct head dimensions of a model's attention modules (those without a ``scaling``
+    attribute included), sorted; [] for a model without attention."""
+    modules = [m for _, m in attention_modules(model)] + [m for _, m in _unsupported(model)]
+    return sorted({d for d in map(_any_head_dim, modules) if d is not None})
+
+
 def with_attention_base(model: nn.Module, config: GaugeConfig,
                         recorded: GaugeConfig | None = None) -> GaugeConfig:
     """``config`` with attention_base_head_dim filled in when it is None: the recorded entry's,
@@ -143,8 +151,7 @@ def with_attention_base(model: nn.Module, config: GaugeConfig,
         return config
     if recorded is not None and recorded.attention_base_head_dim is not None:
         return config.replace(attention_base_head_dim=recorded.attention_base_head_dim)
-    modules = [m for _, m in attention_modules(model)] + [m for _, m in _unsupported(model)]
-    dims = sorted({d for d in map(_any_head_dim, modules) if d is not None})
+    dims = head_dims(model)
     if not dims:
         return config
     if len(dims) > 1:

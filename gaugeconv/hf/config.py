@@ -18,6 +18,7 @@ from ..gauges import GAUGE_NAMES, NAMED_POINTS, resolve_point
 from ..plan import WD_SCALINGS
 from ..richness import Family, Richness, Role
 from .module_rules import check_module_axes
+from .width_scaling import width_of
 
 __all__ = ["GaugeConfig", "CONFIG_KEY", "FORMAT_VERSION"]
 
@@ -56,7 +57,13 @@ class GaugeConfig:
         which are refused otherwise.
     attention_base_head_dim: the head dimension d0 at which the attention logit scale is the
         architecture's own; at head dimension d it is moved by (d0/d) (hf/attention.py). None:
-        the recorded entry's, else the model's own head dimension (its function is kept).
+        from base_width, else the recorded entry's, else the model's own head dimension (its
+        function is kept).
+    base_width: the width n0 of the sweep's base model (microsoft/mup's set_base_shapes base),
+        given once for every width: it fixes every base-relative quantity (hf/base.py; today
+        the attention's d0). A transformers config or model may be given for it: its hidden
+        size is taken. None: the recorded entry's, else none (a model built from scratch
+        without one is warned about).
     form: "plain" (the default: the Parameters hold effective tensors, the forward is the
         model's own, the gauge lives in the optimizer groups) or "materialized" (stored tensors
         w = W/m in the Parameters, m * w on every read); ``gaugeconv.forms``. An entry written
@@ -78,6 +85,7 @@ class GaugeConfig:
     width_fields: dict[str, str] = field(default_factory=dict)
     allow_unusual_roles: bool = False
     attention_base_head_dim: int | None = None
+    base_width: int | None = None
     form: str = PLAIN
 
     def __post_init__(self) -> None:
@@ -112,6 +120,12 @@ class GaugeConfig:
         d0 = self.attention_base_head_dim
         if d0 is not None and (not isinstance(d0, int) or isinstance(d0, bool) or d0 < 1):
             raise GaugeError(f"attention_base_head_dim={d0!r} must be a positive integer")
+        if self.base_width is not None and not isinstance(self.base_width, (int, float, str)):
+            base = getattr(self.base_width, "config", self.base_width)  # a base model or config
+            self.base_width = width_of(base)
+        n0 = self.base_width
+        if n0 is not None and (not isinstance(n0, int) or isinstance(n0, bool) or n0 < 1):
+            raise GaugeError(f"base_width={n0!r} must be a positive integer (or a base config)")
 
     @property
     def gauge_name(self) -> str:

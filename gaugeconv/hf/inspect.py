@@ -140,6 +140,7 @@ def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
     except Exception as err:  # a configuration class refusing a field: report, one line
         raise GaugeError(f"{where}: transformers refuses it ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    hf_config._name_or_path = str(path)  # loaded from a folder, as from_pretrained records it
     cls = model_class_for(hf_config)
     try:
         with torch.device("meta"):

@@ -32,6 +32,7 @@ from ..model import GaugedModel
 from ..plan import Parameterization
 from ..richness import Family, Richness
 from .attention import apply_attention_scale, with_attention_base
+from .base import resolve_base
 from .config import CONFIG_KEY, GaugeConfig
 from .peft import drop_gauge, has_adapters, lora_config, peft_inner
 from .roles import TensorRoleInfo, infer_specs, width_of
@@ -165,7 +166,7 @@ def _same_axis(have: GaugeConfig, want: GaugeConfig) -> None:
     """A gauge change keeps everything but the gauge: richness, gamma, family and roles."""
     for key in ("richness", "gamma", "optimizer", "tied_role", "role_overrides",
                 "fan_in_overrides", "module_axes", "width_fields", "allow_unusual_roles",
-                "wd_scaling", "attention_base_head_dim"):
+                "wd_scaling", "base_width", "attention_base_head_dim"):
         if getattr(have, key) != getattr(want, key):
             raise GaugeError(
                 f"the model is at {key}={getattr(have, key)!r} but {key}={getattr(want, key)!r} "
@@ -200,7 +201,7 @@ def apply_gauge(
     if recorded is not None and lora:
         recorded = lora_config(recorded)
     recorded = with_attention_base(model, recorded) if recorded else None
-    config = with_attention_base(model, config, recorded)
+    config = resolve_base(model, config, recorded)  # base width, attention d0; may warn
     if recorded is not None:
         _same_axis(recorded, config)
     # weights as found: effective (a plain model, or loaded from a format-2 save) or the stored
@@ -256,7 +257,7 @@ def convert_gauge(
         new_config = current.replace(gauge=name, multipliers=None)
     if form is not None:
         new_config = new_config.replace(form=form)
-    new_config = with_attention_base(model, new_config, current)
+    new_config = resolve_base(model, new_config, current)
     _same_axis(current, new_config)
     target = gauged.parameterization.with_gauge(_gauge(new_config))
     scales = gauged.convert(target, optimizer=optimizer, schedulers=schedulers,

@@ -8,7 +8,8 @@ constants of THEORY.md section 6 follow from section 3's rules read backwards:
 * effective wd = wd_stored / m**2 (coupled: SGD, Adam) or / m**(1+k) (decoupled: AdamW)
   ->  wd_const = effective wd / (wd * rule), rule = 1 (coupled) or eta/lambda (independent)
 * effective eps = eps_stored / m  ->  eps_const = that / eps ("stored" convention: the source
-  applies eps to its stored gradient) or 1 ("effective": gaugeconv's width-consistent eps)
+  applies eps to its stored gradient) or eps_stored / eps ("effective": gaugeconv's
+  width-consistent eps, applied to dL/dW; 1 unless a group has an eps of its own)
 
 The result is a Parameterization in a Custom gauge with the source's multipliers; with these
 constants it reproduces the source's stored hyperparameters (checked to 1e-12), and a gauge
@@ -28,14 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..clip import clip_grad_norm_as_, grad_norm_as
 from ..convert import check_groups
 from ..errors import GaugeError
 from ..gauges import Custom
-from ..model import GaugedModel
+from ..model import GaugedModel, merge_groups, optimizer_class
 from ..optim_rules import DEFAULT_REGISTRY, OptimizerRule
 from ..plan import WD_SCALINGS, Parameterization
 from ..richness import Family, Richness, target
 from ..spec import TensorSpec
+from .group_hypers import fit_to_class
 
 __all__ = ["Imported", "StoredHypers", "import_parameterization", "copy_optimizer",
            "stored_hypers_of", "EPS_CONVENTIONS"]
@@ -59,7 +62,11 @@ class Imported:
     """The result of an import: the gauged module, its optimizer and the user-level values.
 
     lr, weight_decay, eps and hyper are the effective-space hyperparameters with which
-    ``gauged.make_optimizer(optimizer_class, lr, no_decay=..., **hyper)`` rebuilds the groups.
+    ``make_optimizer`` rebuilds the groups; group_hypers holds, per tensor, its source group's
+    keys that no gauge moves (betas, momentum, nesterov, amsgrad...: ``group_hypers.py``).
+    frozen: tensors the source does not train (left out of its optimizer, or in a group with
+    lr 0); they stay fixed. source_multipliers: the source gauge's multiplier of every tensor
+    (its stored gradient is m * dL/dW), for ``clip_grad_norm_``.
     """
 
     gauged: GaugedModel
@@ -70,19 +77,66 @@ class Imported:
     no_decay: frozenset[str]
     hyper: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    group_hypers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    frozen: frozenset[str] = frozenset()
+    source_multipliers: dict[str, float] = field(default_factory=dict)
+    source_class: type | None = None
 
     def no_decay_rule(self, name: str, param: torch.Tensor) -> bool:
         """For make_optimizer(no_decay=...): the tensors the source did not decay."""
         return name in self.no_decay
 
     def make_optimizer(self, optimizer: str | type, **overrides: Any) -> torch.optim.Optimizer:
-        """A fresh optimizer with the imported hyperparameters, in the current gauge."""
+        """A fresh optimizer with the imported hyperparameters, in the current gauge.
+
+        Every tensor gets its source group's values of the keys no gauge moves (group_hypers);
+        a keyword in ``overrides`` sets that key for every tensor instead. Frozen tensors are
+        left out. ``merge=True`` merges tensors whose groups agree (GaugedModel.make_optimizer).
+        """
+        cls = optimizer_class(optimizer)
+        rule = self.gauged.rule_for(cls)
+        merge = bool(overrides.pop("merge", False))
         hyper = {**self.hyper, "weight_decay": self.weight_decay}
         if self.eps is not None:
             hyper["eps"] = self.eps
+        per_tensor = {n: {k: v for k, v in values.items() if k not in overrides}
+                      for n, values in self.group_hypers.items()}
+        hyper, per_tensor = fit_to_class(cls, rule, self.source_class, hyper, per_tensor)
         hyper.update(overrides)
         lr = hyper.pop("lr", self.lr)
-        return self.gauged.make_optimizer(optimizer, lr, no_decay=self.no_decay_rule, **hyper)
+        new = self.gauged.make_optimizer(cls, lr, no_decay=self.no_decay_rule, rule=rule, **hyper)
+        groups = []
+        for group in new.param_groups:
+            name = (group.get("param_names") or [None])[0]
+            if name in self.frozen:
+                continue
+            group.update(copy.deepcopy(per_tensor.get(name, {})))
+            groups.append(group)
+        new.param_groups[:] = merge_groups(groups, self.gauged.plans) if merge else groups
+        return new
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False,
+                        foreach: bool | None = None) -> torch.Tensor:
+        """Clip as the source did: torch's ``clip_grad_norm_`` on the source gauge's stored
+        gradients (m_src / m * grad of each tensor, gaugeconv.clip.clip_grad_norm_as_), in
+        whatever gauge the model is now; returns that norm. Not the effective (STP) norm of
+        ``gaugeconv.clip.clip_grad_norm_``, which would leave the source's trajectory."""
+        return clip_grad_norm_as_(self.gauged, self.source_multipliers, max_norm, norm_type,
+                                  error_if_nonfinite, foreach)
+
+    def grad_norm(self, norm_type: float = 2.0) -> torch.Tensor:
+        """The source gauge's gradient norm (what its clipping compares with max_norm)."""
+        return grad_norm_as(self.gauged, self.source_multipliers, norm_type)
+
+
+def _gauged(model: nn.Module, param: Parameterization) -> GaugedModel:
+    """The one place where importers put a module into a parameterization.
+
+    Importers keep the source's stored tensors (mup's w, whose MuReadout applies its own factor):
+    the module computes with m * w on every read.
+    """
+    return GaugedModel(model, param, form="materialized")
 
 
 def stored_hypers_of(
@@ -151,9 +205,9 @@ def import_parameterization(
         base = target(spec.role, spec.fan_in, width, richness, family)
         lam = _check_positive(h.lr, f"learning rate of {spec.name!r}") * m ** (1 + k)
         lr_const[spec.name] = lam / (eta * base.lr_factor)
-        if h.eps is not None and eps_convention == "stored":
+        if h.eps is not None:  # "effective": the group's own eps, applied to dL/dW
             eps_const[spec.name] = _check_positive(h.eps, f"eps of {spec.name!r}") / (
-                _check_positive(eps, "eps") * m)
+                _check_positive(eps, "eps") * (m if eps_convention == "stored" else 1.0))
         if h.weight_decay > 0:
             if weight_decay == 0:
                 raise GaugeError(
@@ -217,6 +271,8 @@ def copy_optimizer(
 ) -> torch.optim.Optimizer:
     """A new optimizer of the same class, one group per tensor, state copied (cloned).
 
+    Tensors in no source group stay out of it.
+
     Every group keeps the source group's hyperparameters (lr, initial_lr, momentum, betas...),
     so training continues on the same trajectory; with eps_convention "effective" the eps of
     each group is gaugeconv's (eps * m) instead of the source's.
@@ -226,6 +282,8 @@ def copy_optimizer(
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     groups = []
     for name, p in params.items():
+        if id(p) not in group_of:
+            continue  # not trained by the source: stays out (Imported.frozen)
         group = {k: copy.deepcopy(v) for k, v in group_of[id(p)].items()
                  if k not in ("params", "param_names")}
         if eps_convention == "effective" and eps is not None:

@@ -17,9 +17,17 @@ and scales in its optimizers, per tensor, with width_mult = n / n0 of its main w
 
 Roles follow from the infshapes: a dense or convolution weight is hidden when both its fan-in
 and fan-out are widths, readin when only fan-out is, readout when only fan-in is, fixed when
-neither; embeddings are readin with fan_in 1; vectors are readin (width) or fixed. The result is
+neither (a transposed convolution's fan-in is its dimension 0); embeddings are readin with
+fan_in 1. Any other tensor (vectors, nn.MultiheadAttention-style ``in_proj_weight``,
+``bias_k``/``bias_v``, bare position tables) takes its role from its infshape alone, as mup's
+optimizers treat it (``mup_infshape.py``): two width dimensions hidden, one readin with fan_in 1
+(vector-like), none fixed. The result is
 richness 1/2 in a Custom gauge whose multipliers are mup's, with per-tensor constants (base
 widths, fan-ins, output_mult, 1/sqrt(3) of torch's default init) that do not scale with width.
+
+Tensors mup's optimizer does not train (left out of it, or in a group with lr 0) are taken over
+as frozen: they stay out of (or at lr 0 in) the new optimizer, and their constants are those
+mup's optimizer would give them from the base lr (``mup_infshape.mup_lr_wd``).
 
 Adam's eps: mup applies eps to each stored gradient, so the readout's effective eps grows like
 width_mult (its stored gradient is m = output_mult/width_mult times the effective one).
@@ -39,14 +47,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import GaugeError, RoleError
+from ..errors import GaugeError
 from ..gauges import Gauge
-from ..model import GaugedModel, tensor_uses
-from ..optim_rules import DEFAULT_REGISTRY
+from ..model import tensor_uses
+from ..optim_rules import DEFAULT_REGISTRY, OptimizerRule
 from ..richness import Family, Richness, Role, target
 from ..spec import TensorSpec
 from .core import (
     Imported,
+    StoredHypers,
+    _gauged,
     check_reproduces,
     copy_optimizer,
     import_parameterization,
@@ -54,6 +64,8 @@ from .core import (
     parameter_names,
     stored_hypers_of,
 )
+from .group_hypers import group_hypers_of
+from .mup_infshape import infshape_of, mup_lr_wd, role_from_infshape
 
 __all__ = ["from_mup", "mup_specs"]
 
@@ -70,15 +82,6 @@ def _readouts(model: nn.Module) -> dict[str, nn.Module]:
         if isinstance(module, MuReadout):
             out[uses[f"{path}.weight" if path else "weight"]] = module
     return out
-
-
-def _infshape(p: torch.Tensor, name: str):
-    shape = getattr(p, "infshape", None)
-    if shape is None:
-        raise GaugeError(
-            f"parameter {name!r} has no infshape: call mup.set_base_shapes(model, base) first"
-        )
-    return shape
 
 
 def _model_width(model: nn.Module, readouts: dict[str, nn.Module]) -> int:
@@ -102,7 +105,7 @@ def mup_specs(
     tied = {name for path, name in uses.items() if path != name}
     specs, multipliers, init_stds = [], {}, {}
     for name, p in model.named_parameters():
-        inf = _infshape(p, name)
+        inf = infshape_of(p, name)
         module_path, _, attr = name.rpartition(".")
         module = model.get_submodule(module_path)
         builtin, init = 1.0, "keep"
@@ -121,20 +124,19 @@ def mup_specs(
         elif isinstance(module, nn.Embedding) and attr == "weight":
             role, fan_in = Role.READIN, 1
             init, init_std = "normal", 1.0
-        elif p.ndim >= 2 and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            out_inf, in_inf = inf[0].isinf(), inf[1].isinf()
+        elif (p.ndim >= 2 and attr == "weight"
+              and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))):
+            transposed = bool(getattr(module, "transposed", False))  # [in, out/groups, k...]
+            out_dim, in_dim = (1, 0) if transposed else (0, 1)
+            out_inf, in_inf = inf[out_dim].isinf(), inf[in_dim].isinf()
             role = (Role.HIDDEN if out_inf and in_inf else Role.READIN if out_inf
                     else Role.READOUT if in_inf else Role.FIXED)
-            fan_in = int(math.prod(p.shape[1:]))
+            inputs = p.shape[0] // module.groups if transposed else p.shape[1]
+            fan_in = int(inputs * math.prod(p.shape[2:]))
             if role is not Role.FIXED:
                 init, init_std = "normal", _INIT_STD_FACTOR / math.sqrt(fan_in)
-        elif p.ndim == 1:
-            role, fan_in = (Role.READIN if inf[0].isinf() else Role.FIXED), 1
-        else:
-            raise RoleError(
-                f"{name!r} ({type(module).__name__}, shape {tuple(p.shape)}) has no known role "
-                "rule; supported: Linear, ConvNd, Embedding, MuReadout weights and vectors"
-            )
+        else:  # vectors and tensors no module rule covers: mup's optimizers go by infshape
+            role, fan_in = role_from_infshape(inf, tuple(p.shape), name)
         specs.append(TensorSpec(name, role, fan_in, tuple(p.shape), init, builtin=builtin))
         multipliers[name] = builtin
         if init_std is not None:
@@ -164,6 +166,10 @@ def from_mup(
     and optimizer are then converted to it (stp, mup, rescaling...). The base lr, weight decay
     and eps default to the optimizer's (the values passed to MuAdam/MuSGD). mup's model and
     optimizer are left as they were (the new optimizer has its own state tensors).
+
+    ``imported.make_optimizer(cls)`` builds a fresh optimizer with every group's own betas,
+    momentum... (``group_hypers.py``); ``imported.clip_grad_norm_(max_norm)`` clips as mup's
+    ``clip_grad_norm_`` does, in any gauge; tensors mup does not train are ``imported.frozen``.
     """
     rule = DEFAULT_REGISTRY.rule_for(optimizer)
     family: Family = rule.family
@@ -182,16 +188,53 @@ def from_mup(
         if s.name in init_stds and v is not None:
             s = dataclasses.replace(s, init_const=init_stds[s.name] / math.sqrt(v))
         fixed_specs.append(s)
-    stored = stored_hypers_of(optimizer, parameter_names(model), rule)
+    names = parameter_names(model)
+    stored, frozen = _with_frozen(model, optimizer, stored_hypers_of(optimizer, names, rule), rule)
     param, no_decay, notes = import_parameterization(
         fixed_specs, multipliers, stored, rich, family, n, eta, wd, eps_base, eps_convention,
         wd_scaling, gauge_name="mup-library",
     )
     check_reproduces(param, stored, eta, wd, eps_base, eps_convention)
-    gauged = GaugedModel(model, param, form="materialized")
+    if frozen:
+        notes.append(
+            f"not trained by the source optimizer (left out, or lr 0): {sorted(frozen)}; they "
+            "stay fixed, their constants are those mup's rule gives them"
+        )
+    gauged = _gauged(model, param)
     new_opt = copy_optimizer(gauged, optimizer, eps_base, eps_convention, rule)
     hyper: dict[str, Any] = {k: v for k, v in init_kwargs(type(optimizer), optimizer.defaults).items()
                              if k not in ("lr", "weight_decay", *rule.eps_keys)}
+    imported = Imported(
+        gauged, new_opt, eta, wd, eps_base, no_decay, hyper, notes,
+        group_hypers=group_hypers_of(optimizer, names, rule), frozen=frozenset(frozen),
+        source_multipliers=dict(param.multipliers), source_class=type(optimizer),
+    )
     if gauge is not None:
         gauged.convert(gauge, optimizer=new_opt)
-    return Imported(gauged, new_opt, eta, wd, eps_base, no_decay, hyper, notes)
+    return imported
+
+
+def _with_frozen(
+    model: nn.Module, optimizer: torch.optim.Optimizer, stored: dict[str, StoredHypers],
+    rule: OptimizerRule,
+) -> tuple[dict[str, StoredHypers], set[str]]:
+    """Stored hyperparameters for every tensor, and the names of those mup does not train.
+
+    A tensor in no group, or in a group with lr 0, gets the lr (and, in no group, the weight
+    decay and eps) that mup's optimizer would give it from its defaults (``mup_lr_wd``): its
+    constants are then those of a trained tensor of its kind, and it stays fixed.
+    """
+    defaults = optimizer.defaults
+    eta, wd = float(defaults["lr"]), float(defaults.get("weight_decay", 0.0) or 0.0)
+    eps = defaults.get(rule.eps_keys[0]) if rule.eps_keys else None
+    out, frozen = dict(stored), set()
+    for name, p in model.named_parameters():
+        have = stored.get(name)
+        if have is not None and have.lr != 0:
+            continue
+        frozen.add(name)
+        lr, decay = mup_lr_wd(infshape_of(p, name), rule.family, eta, wd, name)
+        out[name] = (StoredHypers(lr, decay, rule.weight_decay_mode(defaults),
+                                  None if eps is None else float(eps))
+                     if have is None else dataclasses.replace(have, lr=lr))
+    return out, frozen

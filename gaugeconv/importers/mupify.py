@@ -27,12 +27,11 @@ from torch import nn
 
 from ..errors import GaugeError, RoleError
 from ..gauges import NAMED_POINTS, resolve_point
-from ..model import GaugedModel
 from ..optim_rules import DEFAULT_REGISTRY
 from ..plan import Parameterization
 from ..richness import Family, Richness, Role
 from ..spec import TensorSpec
-from .core import Imported, StoredHypers, import_parameterization
+from .core import Imported, StoredHypers, _gauged, import_parameterization
 
 __all__ = ["from_mupify", "mupify_layers"]
 
@@ -129,10 +128,12 @@ def from_mupify(
         )
         hyper = {k: v for k, v in group.items()
                  if k not in ("params", "param_names", "lr", "weight_decay", "initial_lr")}
-    gauged = GaugedModel(model, param_, form="materialized")
+    gauged = _gauged(model, param_)
     if seed is not None:
         gauged.initialize(seed)
-    out = Imported(gauged, None, lr, wd, None, no_decay, hyper, notes)
+    out = Imported(gauged, None, lr, wd, None, no_decay, hyper, notes,
+                   source_multipliers=dict(param_.multipliers),
+                   source_class=None if optimizer is None else type(optimizer))
     if optimizer is not None:
         out.optimizer = out.make_optimizer(type(optimizer))
     return out
