@@ -59,7 +59,9 @@ def run(name: str, form: str | None, mode: str, a: argparse.Namespace) -> dict:
     if form is None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     else:
-        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", form=form))
+        config = gh.GaugeConfig(richness=0.5, gauge="mup", form=form,
+                                base_width=model.config.hidden_size)  # its own base
+        gh.apply_gauge(model, config)
         opt = gh.GaugeOptimizerFactory()(model, "adamw", lr=1e-4)
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (a.batch, a.seq), generator=torch.Generator().manual_seed(0))

@@ -56,7 +56,9 @@ def variants(arch: str, a: argparse.Namespace, dtype: torch.dtype) -> dict[str, 
     out = {"plain model": make(arch, a.width, a.layers, a.seq, dtype)}
     for form in ("plain", "materialized"):
         model = make(arch, a.width, a.layers, a.seq, dtype)
-        gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", form=form))
+        config = gh.GaugeConfig(richness=0.5, gauge="mup", form=form,
+                                base_width=model.config.hidden_size)  # its own base
+        gh.apply_gauge(model, config)
         out[f"muP, {form} form"] = model
     return out
 

@@ -84,7 +84,9 @@ def main() -> int:
                            ("muP, materialized form", "materialized")):
             model = make("llama", a.width, a.layers, a.seq, torch.float32).to(device)
             if form is not None:
-                gh.apply_gauge(model, gh.GaugeConfig(richness=0.5, gauge="mup", form=form))
+                config = gh.GaugeConfig(richness=0.5, gauge="mup", form=form,
+                                        base_width=model.config.hidden_size)  # its own base
+                gh.apply_gauge(model, config)
             for layer in model.model.layers:
                 fully_shard(layer)
             fully_shard(model)
