@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -383,13 +381,10 @@ def test_lora_roles_training_merge_save_and_load(tmp_path):
 # -- FSDP2 ---------------------------------------------------------------------------------------
 def test_fsdp2_two_processes_train_like_one_in_both_gauges(tmp_path):
     from tests.hf.fsdp_script import train
+    from tests.hf.torchrun import run_ranks, torchrun_command
 
     script = os.path.join(ROOT, "tests", "hf", "fsdp_script.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", script, "4", str(tmp_path / "two.json")]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ranks(torchrun_command(script, 4, tmp_path / "two.json"))
     two = json.loads((tmp_path / "two.json").read_text())
     one = {g: train(g, 4) for g in ("stp", "mup")}
     assert two["world_size"] == 2 and two["mup"]["param_type"] == "DTensor"  # really sharded
