@@ -754,6 +754,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_richness_args(args: argparse.Namespace) -> None:
+    """--richness and --gamma of any command, before the command runs: NaN, inf, r outside
+    [0, 1/2] and a gamma whose square leaves float64's normal range are one-line errors."""
+    from .richness import check_gamma, check_richness
+
+    if getattr(args, "richness", None) is not None:
+        check_richness(args.richness)
+    if getattr(args, "gamma", None) is not None:
+        check_gamma(args.gamma, "--gamma")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -761,6 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_richness_args(args)
         return args.func(args)
     except GaugeError as err:
         print(f"gaugeconv {args.command}: error: {err}", file=sys.stderr)
