@@ -41,6 +41,36 @@ def _check_widths(widths: Sequence[int]) -> None:
         raise GaugeError(f"--widths lists a width twice: {list(widths)}")
 
 
+def _check_plot_path(option: str, path: str | None) -> None:
+    """A plot's file must be writable where asked, checked before any training starts."""
+    if path is None:
+        return
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise GaugeError(f"{option} {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise GaugeError(f"{option} {path} is a folder; give a file name such as plot.png")
+    if not os.access(folder, os.W_OK):
+        raise GaugeError(f"{option} {path}: the folder {folder} is not writable")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        known = FigureCanvasBase.get_supported_filetypes()
+        if ext not in known:
+            raise GaugeError(f"{option} {path}: matplotlib cannot write .{ext} files; use one of "
+                             + ", ".join(sorted(known)))
+
+
+def _write_plot(option: str, path: str, plot: Any, *data: Any) -> None:
+    try:
+        plot(*data, path)
+    except OSError as err:  # the folder vanished or the disk is full: the system's reason
+        raise GaugeError(f"{option} {path}: cannot write it ({err.strerror or err})") from None
+
+
 def _add_table(sub: Any) -> None:
     p = sub.add_parser(
         "table",
@@ -446,6 +476,7 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     _at_least("--steps", args.steps, 1)
     _positive_number("--lr", args.lr)
     _positive_number("--tolerance", args.tolerance)
+    _check_plot_path("--plot", args.plot)
 
     cfg = CoordCheckConfig(richness=args.richness, gauge=args.gauge, optimizer=args.optimizer,
                            widths=args.widths, seeds=args.seeds, steps=args.steps, lr=args.lr,
@@ -459,7 +490,7 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     if args.plot:
         from .diagnostics.plots import plot_coord_check
 
-        plot_coord_check(report, args.plot)
+        _write_plot("--plot", args.plot, plot_coord_check, report)
     if args.json:
         out = report.to_json()
         out["negative_control"] = control
@@ -705,6 +736,8 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         Richness(r)
     if args.plot_richness and not axis:
         raise GaugeError("--plot-richness needs --richness-axis (e.g. 0,0.25)")
+    _check_plot_path("--plot", args.plot)
+    _check_plot_path("--plot-richness", args.plot_richness)
     if args.per_octave < 1 or args.seeds < 1 or args.steps < 1:
         raise GaugeError("--per-octave, --seeds and --steps must be positive")
     optimizers = ["sgd", "adam"] if args.optimizer == "both" else [args.optimizer]
@@ -722,9 +755,9 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         from .diagnostics.transfer_plots import plot_richness_axis, plot_transfer
 
         if args.plot:
-            plot_transfer(reports, args.plot)
+            _write_plot("--plot", args.plot, plot_transfer, reports)
         if args.plot_richness:
-            plot_richness_axis(reports, args.plot_richness)
+            _write_plot("--plot-richness", args.plot_richness, plot_richness_axis, reports)
     passed = all(r.passed for r in reports)
     if args.json:
         print(json.dumps({"passed": passed, "plot": args.plot, "plot_richness": args.plot_richness,
