@@ -361,12 +361,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     from .checkpoint import convert_checkpoint
 
-    def interrupted(signum, frame):  # let the temporary folder be removed on SIGTERM
+    def interrupted(signum, frame):  # SIGTERM and SIGHUP end it like Ctrl-C: folder removed
         raise KeyboardInterrupt(f"signal {signum}")
 
     _at_least("--workers", args.workers, 1)
     _positive_number("--gamma", args.gamma)
-    previous = signal.signal(signal.SIGTERM, interrupted)
+    # an ignored signal stays ignored (`nohup gaugeconv convert ...` survives its terminal)
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         report = convert_checkpoint(
             args.src, args.dst, args.to, richness=args.richness, gamma=args.gamma,
@@ -383,7 +385,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if args.stored:
         print("gaugeconv convert: warning: --stored wrote stored tensors (format 1); plain "
               "loaders such as AutoModel*.from_pretrained read DST as a different function",
