@@ -360,6 +360,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import signal
 
     from .checkpoint import convert_checkpoint
+    from .checkpoint.imports import preload
 
     def interrupted(signum, frame):  # SIGTERM and SIGHUP end it like Ctrl-C: folder removed
         raise KeyboardInterrupt(f"signal {signum}")
@@ -370,6 +371,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)
                 if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
+        imports = preload(args.src)  # timed apart: the report's import phase
         report = convert_checkpoint(
             args.src, args.dst, args.to, richness=args.richness, gamma=args.gamma,
             optimizer=args.optimizer, tied_role=args.tied_role, exact=args.exact,
@@ -392,13 +394,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
               "loaders such as AutoModel*.from_pretrained read DST as a different function",
               file=sys.stderr)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({**report.to_json(), "seconds_import": imports}, indent=2))
         return 0
     print(f"{report.src} -> {report.dst}  ({report.model})")
     print(f"gauge {report.from_gauge['gauge']} -> {report.to_gauge['gauge']} at "
           f"r={report.to_gauge['richness']:g}, {report.shards} shard(s), {report.tensors} tensors "
           f"({report.scaled} rescaled, {report.copied_raw} copied as raw bytes), "
-          f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s")
+          f"{report.bytes / 1e6:.1f} MB in {imports + report.seconds:.2f} s (imports "
+          f"{imports:.2f} s, checks and plan {report.seconds_planning:.2f} s, writing "
+          f"{report.seconds_writing:.2f} s)")
     if report.weights == "effective":
         print("weights: effective tensors (format 2), the function of SRC for any loader; "
               "gaugeconv.hf.from_pretrained restores the gauge")
