@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import GaugeError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run", "build_parser"]
 
 
 def _richness(value: str) -> float:
@@ -819,5 +819,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The console entry point (``gaugeconv``, ``python -m gaugeconv``): main(), then exit.
+
+    A command that imported torch and transformers ends with ``os._exit``: the interpreter's
+    teardown of those (some 400k objects, libtorch's static destructors) took 0.5 to 3 s per
+    run and writes nothing. By then every file is closed (convert fsyncs and places DST before it
+    returns); stdout, stderr and logging are flushed here. main() itself returns normally, for
+    callers in Python.
+    """
+    code = main()
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
