@@ -30,4 +30,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
-shadow_submodules(__name__, ("convert",))  # gaugeconv.convert is the function, always
+shadow_submodules(__name__, _WHERE)  # e.g. gaugeconv.verify: the function, always

@@ -34,9 +34,10 @@ def lazy_attributes(package: str, where: Mapping[str, str]) -> tuple[Callable[[s
 
 class _Shadowing(types.ModuleType):
     """A package whose attribute ``X`` is the object ``X`` of its submodule ``.X`` (gaugeconv's
-    ``convert`` function in ``gaugeconv/convert.py``). Importing the submodule makes the import
-    system set the package's attribute to the submodule; here the object replaces it, as the
-    eager ``from .convert import convert`` did, whatever imports the submodule first."""
+    ``convert`` function in ``gaugeconv/convert.py``, ``verify`` in ``verify.py``). Importing
+    the submodule makes the import system set the package's attribute to the submodule; here
+    the object replaces it, as the eager ``from .convert import convert`` did, whatever imports
+    the submodule first."""
 
     _shadowed: frozenset[str] = frozenset()
 
@@ -46,10 +47,12 @@ class _Shadowing(types.ModuleType):
         super().__setattr__(name, value)
 
 
-def shadow_submodules(package: str, names: tuple[str, ...]) -> None:
-    """Make ``package.NAME`` the object NAME of submodule ``package.NAME`` for each name."""
+def shadow_submodules(package: str, where: Mapping[str, str]) -> None:
+    """Make ``package.NAME`` the object NAME of submodule ``package.NAME`` for every name of
+    ``where`` that is also its submodule's name (gaugeconv.convert, gaugeconv.verify...)."""
+    names = frozenset(n for n, module in where.items() if module == f".{n}")
     module = sys.modules[package]
-    module.__class__ = type("Package", (_Shadowing,), {"_shadowed": frozenset(names)})
+    module.__class__ = type("Package", (_Shadowing,), {"_shadowed": names})
     for name in names:
         sub = sys.modules.get(f"{package}.{name}")
         if sub is not None:

@@ -61,6 +61,7 @@ def test_bad_input_exits_2_and_names_the_item(capsys, argv, message):
     assert code == 2 and message in err and out == ""
 
 
+@pytest.mark.slow
 def test_demo_json(capsys):
     code, out, _ = run(capsys, "demo", "--steps", "12", "--width", "64", "--json")
     report = json.loads(out)
@@ -77,6 +78,7 @@ def test_every_command_has_help(command):
     assert proc.returncode == 0 and "usage: gaugeconv" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_command_exits_fast_and_complete(tmp_path):
     """`python -m gaugeconv convert` ends with os._exit (skipping torch's teardown): its output
     is complete, its exit code the command's, DST in place; and an error still exits 2."""

@@ -16,4 +16,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
-shadow_submodules(__name__, ("coord_check",))  # the function, as the eager import gave
+shadow_submodules(__name__, _WHERE)  # coord_check: the function, always

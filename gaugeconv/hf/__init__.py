@@ -5,7 +5,7 @@ model functions need torch, the Trainer integration imports transformers.Trainer
 peft, accelerate...). So ``gaugeconv convert`` and ``gaugeconv roles`` pay only for what they use.
 """
 
-from .._lazy import lazy_attributes
+from .._lazy import lazy_attributes, shadow_submodules
 
 _WHERE = {
     "GaugeConfig": ".config",
@@ -19,3 +19,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+shadow_submodules(__name__, _WHERE)  # none today; any NAME in .NAME later

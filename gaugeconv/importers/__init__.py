@@ -8,7 +8,7 @@
 Names are imported on first use.
 """
 
-from .._lazy import lazy_attributes
+from .._lazy import lazy_attributes, shadow_submodules
 
 _WHERE = {
     **dict.fromkeys(["EPS_CONVENTIONS", "Imported", "StoredHypers"], ".core"),
@@ -18,3 +18,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+shadow_submodules(__name__, _WHERE)  # none today; any NAME in .NAME later

@@ -229,6 +229,7 @@ def test_concurrent_conversions_to_one_dst_one_wins(bases, tmp_path):
     assert os.listdir(tmp_path) == ["dst"]
 
 
+@pytest.mark.slow
 def test_subprocess_errors_are_one_line(bases, tmp_path):
     """The real command in its own process: a bad header is one line on stderr, exit 2."""
     import shutil

@@ -13,6 +13,9 @@ from gaugeconv.clip import clip_grad_norm_
 from tests.hf.tiny import Stream, build, default_dtype, loss_func, losses, training_args
 from tests.hf.torchrun import run_ranks, torchrun_command
 
+# every test here runs the real Trainer (seconds each; two of them in fresh processes or torchrun)
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 10
 

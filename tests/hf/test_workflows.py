@@ -49,6 +49,7 @@ X = batch("llama")
 
 
 # -- 1. torch.compile ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_compile_in_both_orders_and_after_a_live_conversion():
     from torch._dynamo.testing import CompileCounter
 
@@ -82,6 +83,7 @@ def test_compile_in_both_orders_and_after_a_live_conversion():
     assert explained.graph_break_count == 0 and explained.graph_count == 1
 
 
+@pytest.mark.slow
 def test_compiled_training_step_and_gauge_trainer(tmp_path):
     from tests.hf.tiny import Stream, losses, training_args
 
@@ -144,7 +146,8 @@ DIRECT = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(DIRECT))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("mamba")
+                                  else n for n in sorted(DIRECT)])  # mamba: seconds each
 def test_direct_reads_see_the_multiplier(name):
     ids = X["input_ids"][:2]
     with default_dtype(torch.float64):
@@ -338,6 +341,7 @@ def train_lora(tmp_path, model, tag, steps=4):
     return torch.tensor(losses(trainer), dtype=torch.float64), trainer
 
 
+@pytest.mark.slow
 def test_lora_roles_training_merge_save_and_load(tmp_path):
     from peft import PeftModel
 
@@ -379,6 +383,7 @@ def test_lora_roles_training_merge_save_and_load(tmp_path):
 
 
 # -- FSDP2 ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fsdp2_two_processes_train_like_one_in_both_gauges(tmp_path):
     from tests.hf.fsdp_script import train
     from tests.hf.torchrun import run_ranks, torchrun_command
