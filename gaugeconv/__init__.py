@@ -2,33 +2,32 @@
 
 See THEORY.md (shipped in the README) for the formulas; every public conversion is exact in the
 sense of its section 4 and tested numerically.
+
+The names below are imported on first use (``gaugeconv.convert`` imports torch, the errors and
+``Richness`` do not), so that ``import gaugeconv`` and ``gaugeconv --help`` stay light.
 """
 
-from .convert import convert
-from .errors import (
-    ConversionError,
-    GaugeError,
-    RichnessError,
-    RoleError,
-    UnknownGaugeError,
-    UnsupportedOptimizerError,
-)
-from .gauges import NAMED_POINTS, STP, Custom, Gauge, MuP, Rescaling, get_gauge, resolve_point
-from .mlp import ReferenceMLP, build_mlp
-from .model import GaugedModel, attach
-from .optim_rules import DEFAULT_REGISTRY, OptimizerRegistry, OptimizerRule
-from .plan import Parameterization, TensorPlan
-from .richness import Family, Richness, Role, Target, target
-from .spec import TensorSpec
-from .verify import VerifyConfig, VerifyReport, verify
+from __future__ import annotations
+
+from ._lazy import lazy_attributes, shadow_submodules
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConversionError", "GaugeError", "RichnessError", "RoleError", "UnknownGaugeError",
-    "UnsupportedOptimizerError", "NAMED_POINTS", "STP", "Custom", "Gauge", "MuP", "Rescaling",
-    "get_gauge", "resolve_point", "ReferenceMLP", "build_mlp", "GaugedModel", "attach",
-    "DEFAULT_REGISTRY", "OptimizerRegistry", "OptimizerRule", "Parameterization", "TensorPlan",
-    "Family", "Richness", "Role", "Target", "target", "TensorSpec", "VerifyConfig",
-    "VerifyReport", "verify", "convert",
-]
+_WHERE = {
+    **dict.fromkeys(["ConversionError", "GaugeError", "RichnessError", "RoleError",
+                     "UnknownGaugeError", "UnsupportedOptimizerError"], ".errors"),
+    **dict.fromkeys(["NAMED_POINTS", "STP", "Custom", "Gauge", "MuP", "Rescaling", "get_gauge",
+                     "resolve_point"], ".gauges"),
+    **dict.fromkeys(["ReferenceMLP", "build_mlp"], ".mlp"),
+    **dict.fromkeys(["GaugedModel", "attach"], ".model"),
+    **dict.fromkeys(["DEFAULT_REGISTRY", "OptimizerRegistry", "OptimizerRule"], ".optim_rules"),
+    **dict.fromkeys(["Parameterization", "TensorPlan"], ".plan"),
+    **dict.fromkeys(["Family", "Richness", "Role", "Target", "target"], ".richness"),
+    "TensorSpec": ".spec",
+    **dict.fromkeys(["VerifyConfig", "VerifyReport", "verify"], ".verify"),
+    "convert": ".convert",
+}
+
+__all__ = list(_WHERE)
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+shadow_submodules(__name__, _WHERE)  # e.g. gaugeconv.verify: the function, always

@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import GaugeError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run", "build_parser"]
 
 
 def _richness(value: str) -> float:
@@ -39,6 +39,36 @@ def _check_widths(widths: Sequence[int]) -> None:
         raise GaugeError(f"--widths needs at least two distinct widths, not {list(widths)}")
     if len(set(widths)) != len(widths):
         raise GaugeError(f"--widths lists a width twice: {list(widths)}")
+
+
+def _check_plot_path(option: str, path: str | None) -> None:
+    """A plot's file must be writable where asked, checked before any training starts."""
+    if path is None:
+        return
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise GaugeError(f"{option} {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise GaugeError(f"{option} {path} is a folder; give a file name such as plot.png")
+    if not os.access(folder, os.W_OK):
+        raise GaugeError(f"{option} {path}: the folder {folder} is not writable")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        known = FigureCanvasBase.get_supported_filetypes()
+        if ext not in known:
+            raise GaugeError(f"{option} {path}: matplotlib cannot write .{ext} files; use one of "
+                             + ", ".join(sorted(known)))
+
+
+def _write_plot(option: str, path: str, plot: Any, *data: Any) -> None:
+    try:
+        plot(*data, path)
+    except OSError as err:  # the folder vanished or the disk is full: the system's reason
+        raise GaugeError(f"{option} {path}: cannot write it ({err.strerror or err})") from None
 
 
 def _add_table(sub: Any) -> None:
@@ -339,14 +369,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import signal
 
     from .checkpoint import convert_checkpoint
+    from .checkpoint.imports import preload
 
-    def interrupted(signum, frame):  # let the temporary folder be removed on SIGTERM
+    def interrupted(signum, frame):  # SIGTERM and SIGHUP end it like Ctrl-C: folder removed
         raise KeyboardInterrupt(f"signal {signum}")
 
     _at_least("--workers", args.workers, 1)
     _positive_number("--gamma", args.gamma)
-    previous = signal.signal(signal.SIGTERM, interrupted)
+    # an ignored signal stays ignored (`nohup gaugeconv convert ...` survives its terminal)
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
+        imports = preload(args.src)  # timed apart: the report's import phase
         report = convert_checkpoint(
             args.src, args.dst, args.to, richness=args.richness, gamma=args.gamma,
             optimizer=args.optimizer, tied_role=args.tied_role, exact=args.exact,
@@ -362,20 +396,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if args.stored:
         print("gaugeconv convert: warning: --stored wrote stored tensors (format 1); plain "
               "loaders such as AutoModel*.from_pretrained read DST as a different function",
               file=sys.stderr)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({**report.to_json(), "seconds_import": imports}, indent=2))
         return 0
     print(f"{report.src} -> {report.dst}  ({report.model})")
     print(f"gauge {report.from_gauge['gauge']} ({report.source_form}) -> "
           f"{report.to_gauge['gauge']} ({report.form}) at "
           f"r={report.to_gauge['richness']:g}, {report.shards} shard(s), {report.tensors} tensors "
           f"({report.scaled} rescaled, {report.copied_raw} copied as raw bytes), "
-          f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s")
+          f"{report.bytes / 1e6:.1f} MB in {imports + report.seconds:.2f} s (imports "
+          f"{imports:.2f} s, checks and plan {report.seconds_planning:.2f} s, writing "
+          f"{report.seconds_writing:.2f} s)")
     if report.weights == "effective":
         print("weights: effective tensors (format 2), the function of SRC for any loader; "
               "gaugeconv.hf.from_pretrained restores the gauge")
@@ -456,6 +493,7 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     _at_least("--steps", args.steps, 1)
     _positive_number("--lr", args.lr)
     _positive_number("--tolerance", args.tolerance)
+    _check_plot_path("--plot", args.plot)
 
     cfg = CoordCheckConfig(richness=args.richness, gauge=args.gauge, optimizer=args.optimizer,
                            widths=args.widths, seeds=args.seeds, steps=args.steps, lr=args.lr,
@@ -469,7 +507,7 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     if args.plot:
         from .diagnostics.plots import plot_coord_check
 
-        plot_coord_check(report, args.plot)
+        _write_plot("--plot", args.plot, plot_coord_check, report)
     if args.json:
         out = report.to_json()
         out["negative_control"] = control
@@ -715,6 +753,8 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         Richness(r)
     if args.plot_richness and not axis:
         raise GaugeError("--plot-richness needs --richness-axis (e.g. 0,0.25)")
+    _check_plot_path("--plot", args.plot)
+    _check_plot_path("--plot-richness", args.plot_richness)
     if args.per_octave < 1 or args.seeds < 1 or args.steps < 1:
         raise GaugeError("--per-octave, --seeds and --steps must be positive")
     optimizers = ["sgd", "adam"] if args.optimizer == "both" else [args.optimizer]
@@ -732,9 +772,9 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         from .diagnostics.transfer_plots import plot_richness_axis, plot_transfer
 
         if args.plot:
-            plot_transfer(reports, args.plot)
+            _write_plot("--plot", args.plot, plot_transfer, reports)
         if args.plot_richness:
-            plot_richness_axis(reports, args.plot_richness)
+            _write_plot("--plot-richness", args.plot_richness, plot_richness_axis, reports)
     passed = all(r.passed for r in reports)
     if args.json:
         print(json.dumps({"passed": passed, "plot": args.plot, "plot_richness": args.plot_richness,
@@ -764,6 +804,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_richness_args(args: argparse.Namespace) -> None:
+    """--richness and --gamma of any command, before the command runs: NaN, inf, r outside
+    [0, 1/2] and a gamma whose square leaves float64's normal range are one-line errors."""
+    from .richness import check_gamma, check_richness
+
+    if getattr(args, "richness", None) is not None:
+        check_richness(args.richness)
+    if getattr(args, "gamma", None) is not None:
+        check_gamma(args.gamma, "--gamma")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -771,11 +822,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_richness_args(args)
         return args.func(args)
     except GaugeError as err:
         print(f"gaugeconv {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 
+def run() -> None:
+    """The console entry point (``gaugeconv``, ``python -m gaugeconv``): main(), then exit.
+
+    A command that imported torch and transformers ends with ``os._exit``: the interpreter's
+    teardown of those (some 400k objects, libtorch's static destructors) took 0.5 to 3 s per
+    run and writes nothing. By then every file is closed (convert fsyncs and places DST before it
+    returns); stdout, stderr and logging are flushed here. main() itself returns normally, for
+    callers in Python.
+    """
+    code = main()
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import GaugeError, UnknownGaugeError
-from .richness import Family, Richness, Role, Target
+from .richness import Family, Richness, Role, Target, check_richness
 from .spec import TensorSpec
 
 __all__ = [
@@ -171,6 +171,8 @@ def resolve_point(name: Gauge | str, r: float | None = None) -> tuple[Gauge, flo
     A gauge name keeps the given r ("mup" without an r means the named point, r = 1/2); a named
     point (ntp, ntp-lr, mup-lr, mfp) fixes r, and asking it for another r is an error.
     """
+    if r is not None:
+        r = check_richness(r)  # NaN and inf refused here, before any comparison
     if isinstance(name, Gauge):
         return name, r
     key = str(name).lower().replace("_", "-")

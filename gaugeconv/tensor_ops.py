@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["scale_", "is_power_of_two"]
 
@@ -19,14 +21,22 @@ def is_power_of_two(x: float) -> bool:
     return mantissa == 0.5
 
 
-@torch.no_grad()
 def scale_(t: torch.Tensor, factor: float) -> torch.Tensor:
     """t *= factor in place, rounded once from float64 (exact for powers of two).
 
     Narrow dtypes are scaled through a float64 copy of at most 2**20 entries at a time, so the
-    result is the correctly rounded product and memory stays bounded.
+    result is the correctly rounded product and memory stays bounded. (torch is imported here:
+    is_power_of_two serves the checkpoint code, which must not import torch for it.)
     """
-    factor = float(factor)
+    import torch
+
+    with torch.no_grad():
+        return _scale(t, float(factor))
+
+
+def _scale(t: torch.Tensor, factor: float) -> torch.Tensor:
+    import torch
+
     if factor == 1.0:
         return t
     if t.dtype == torch.float64 or is_power_of_two(factor) or not t.is_floating_point():

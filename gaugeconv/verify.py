@@ -20,7 +20,7 @@ from .errors import GaugeError
 from .gauges import resolve_point
 from .mlp import build_mlp
 from .model import GaugedModel, optimizer_class
-from .richness import Family
+from .richness import Family, check_gamma
 
 __all__ = ["VerifyConfig", "VerifyReport", "verify", "rel_diff", "DEFAULT_LR", "DTYPES"]
 
@@ -82,6 +82,7 @@ class VerifyReport:
 
 
 def _resolve(cfg: VerifyConfig) -> tuple[Any, Any, float]:
+    check_gamma(cfg.gamma)  # up front (r is checked by resolve_point)
     ga, ra = resolve_point(cfg.from_gauge, cfg.richness)
     gb, rb = resolve_point(cfg.to_gauge, cfg.richness if cfg.richness is not None else ra)
     if ra is not None and rb is not None and ra != rb:

@@ -61,6 +61,7 @@ def test_bad_input_exits_2_and_names_the_item(capsys, argv, message):
     assert code == 2 and message in err and out == ""
 
 
+@pytest.mark.slow
 def test_demo_json(capsys):
     code, out, _ = run(capsys, "demo", "--steps", "12", "--width", "64", "--json")
     report = json.loads(out)
@@ -75,3 +76,24 @@ def test_every_command_has_help(command):
     argv = [sys.executable, "-m", "gaugeconv", *([command] if command else []), "--help"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "usage: gaugeconv" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_command_exits_fast_and_complete(tmp_path):
+    """`python -m gaugeconv convert` ends with os._exit (skipping torch's teardown): its output
+    is complete, its exit code the command's, DST in place; and an error still exits 2."""
+    from tests.hf.tiny import build
+
+    build("gpt2", 48).save_pretrained(tmp_path / "src")
+    argv = [sys.executable, "-m", "gaugeconv", "convert", str(tmp_path / "src"),
+            str(tmp_path / "dst"), "--to", "mup", "-r", "0.5", "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["tensors"] > 0 and report["seconds_import"] > 0
+    assert (tmp_path / "dst" / "model.safetensors").stat().st_size == \
+        (tmp_path / "src" / "model.safetensors").stat().st_size
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.endswith("already exists; pass overwrite (--overwrite) to replace it\n")
+

@@ -22,6 +22,7 @@ from gaugeconv.diagnostics.coord_check import mlp_factory, negative_lr_scale
 WIDTHS = (128, 256, 512, 1024, 2048)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("r", [0.0, 0.25, 0.5])
 def test_coord_check_on_the_family(optimizer, r):
@@ -43,6 +44,7 @@ def test_coord_check_on_the_family(optimizer, r):
     ("readout-too-large", "D0", "layers.2", "rms_h_init"),
     ("hidden-lr", "D2", "layers.1", "loss_share"),
 ])
+@pytest.mark.slow
 def test_negative_controls_fail_naming_the_layer(variant, desideratum, layer, quantity):
     cfg = CoordCheckConfig(richness=0.0 if variant == "sp" else 0.5, widths=WIDTHS[:4], seeds=2)
     data = load_data("digits")
@@ -90,6 +92,7 @@ def test_classifier_from_measured_sp():
     assert c.nearest["richness"] == 0.0 and c.nearest["named_point"] == "ntp-lr"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("r", [0.0, 0.25, 0.5])
 def test_lazy_limit_slopes(r):
     out = lazy_limit(LazyConfig(richness=r))
@@ -97,6 +100,7 @@ def test_lazy_limit_slopes(r):
     assert out["pass"] and out["approaches_linearization"] == (r < 0.5)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys):
     png = tmp_path / "cc.png"
     code = main(["coord-check", "-r", "0.25", "--widths", "128,256,512", "--seeds", "2",

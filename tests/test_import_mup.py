@@ -57,8 +57,8 @@ def compare(kind, gauges, import_at=3, steps=8, n=128, decoupled_wd=False, cls=M
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("decoupled_wd", [False, True])
-@pytest.mark.parametrize("import_at", [0, 3])
+@pytest.mark.parametrize("decoupled_wd", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("import_at", [pytest.param(0, marks=pytest.mark.slow), 3])
 def test_imported_run_follows_mup(kind, decoupled_wd, import_at):
     # fresh (import_at 0) or mid-run with optimizer state; mup's gauge, then STP, then rescaling
     for gauges in ([None], ["stp", "rescaling"], ["rescaling", "mup"]):

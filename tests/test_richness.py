@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 from hypothesis import given
@@ -23,6 +24,29 @@ def test_richness_outside_range_is_refused(r):
 def test_gamma_must_be_positive(gamma):
     with pytest.raises(RichnessError, match="gamma"):
         Richness(0.25, gamma)
+
+
+@pytest.mark.parametrize("gamma", [1e-300, 1e-160, 1e160, 1e300])
+def test_gamma_whose_square_leaves_float64_is_refused(gamma):
+    """1e-300**2 is 0.0: the readout's variance 1/alpha**2 was a ZeroDivisionError."""
+    with pytest.raises(RichnessError, match=re.escape(f"gamma={gamma!r} is too")):
+        Richness(0.5, gamma)
+
+
+@pytest.mark.parametrize("gamma", [1e-150, 1e150])
+def test_gamma_near_the_limits_gives_finite_targets(gamma):
+    """The control: just inside the range every target is a finite positive number."""
+    rich = Richness(0.5, gamma)
+    for role in Role:
+        for family in ("sgd", "adam"):
+            t = target(role, 64, 256, rich, family)
+            assert all(v is None or (math.isfinite(v) and v > 0) for v in (t.variance, t.lr_factor))
+
+
+def test_target_that_leaves_float64_names_gamma_and_width():
+    """Inside the gamma range, a huge width can still push alpha**2 / fan_in past float64."""
+    with pytest.raises(RichnessError, match=r"gamma=1e\+150 at width n=\d+ .*hidden"):
+        target(Role.HIDDEN, 1, 1 << 60, Richness(0.5, 1e150), "sgd")
 
 
 @given(rs, gammas, widths)

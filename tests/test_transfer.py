@@ -88,6 +88,7 @@ def _cfg(optimizer, **kw):
     return TransferConfig(**args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer,grid", [("adam", (-9, 2)), ("sgd", (-3, 4))])
 def test_sp_drifts_and_mup_transfers(optimizer, grid):
     """Widths 64-256: muP's optimal lr stays put, SP's falls with width (and is reported so)."""
@@ -103,6 +104,7 @@ def test_sp_drifts_and_mup_transfers(optimizer, grid):
     assert "negative control (SP, one global lr): drifts" in format_report(rep)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_gauges_give_the_same_sweep(optimizer):
     """STP, muP and rescaling gauges: bit-identical sweeps at widths 64 and 256 (every factor a
@@ -133,6 +135,7 @@ def test_gauges_give_the_same_sweep(optimizer):
     assert comp["bit_identical"] == [False] * 3 and min(comp["max_rel_diff"]) > 1e-3
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys):
     png, rich = tmp_path / "t.png", tmp_path / "r.png"
     code = main(["transfer-check", "--optimizer", "adam", "--widths", "64,256", "--log2-lr=-2,0",

@@ -82,6 +82,7 @@ def rel(a, b):
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
 def test_both_scalings_and_constants_keep_gauges_equivalent(optimizer):
     for scaling in ("coupled", "independent"):

@@ -55,6 +55,7 @@ from .placement import (
     claim,
     destination_path,
     place,
+    release,
     resolve_destination,
     sweep,
     unmake,
@@ -512,11 +513,15 @@ def convert_checkpoint(
         old = place(tmp, dest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        release(dest)
         unmake(made)
         raise
     written = time.perf_counter()
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        release(dest)  # this conversion's lock, held since claim()
     lossy = {n: {"overflow": s.overflow, "underflow": s.underflow}
              for n, s in stats.items() if s.overflow or s.underflow}
     rel = [s.roundtrip / s.amax for s in stats.values() if s.amax > 0]

@@ -8,6 +8,7 @@ Both are read with ``torch.load(weights_only=True)``: a pickle that needs more i
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +91,8 @@ def convert_optimizer_state(
     for group, s in zip(groups, group_scales):
         for idx in group["params"]:
             index_scale[idx] = s
+    for i, group in enumerate(groups):
+        _check_hypers(group, rule, f"optimizer.pt group {i}")
     for idx, st in state_dict["state"].items():
         rule.check_state(st, f"optimizer.pt entry {idx}")
     new_groups = []
@@ -103,6 +106,30 @@ def convert_optimizer_state(
         for idx, st in state_dict["state"].items()
     }
     return {**state_dict, "state": new_state, "param_groups": new_groups}, group_scales, rule
+
+
+def _check_hypers(group: Mapping[str, Any], rule: OptimizerRule, where: str) -> None:
+    """Every hyperparameter the gauge change scales (lr, initial_lr, eps, weight_decay...) is a
+    finite real number or a one-entry tensor (capturable/fused lrs); absent (None) is fine."""
+    for key in rule.hyper_powers(group):
+        if group.get(key) is not None:
+            _check_number(group[key], f"{where}: {key}")
+
+
+def _check_number(value: Any, what: str) -> None:
+    if isinstance(value, torch.Tensor):
+        ok = value.numel() == 1 and value.is_floating_point() and bool(value.isfinite().all())
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise CheckpointError(f"{what} is {_show(value)}, not a finite number")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
+    text = repr(value)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} (a {type(value).__name__})"
 
 
 def convert_scheduler_state(
@@ -120,6 +147,8 @@ def convert_scheduler_state(
                 f"scheduler.pt {key} has {len(values) if isinstance(values, list) else values!r}"
                 f" entries, optimizer.pt {len(group_scales)} parameter groups: they must agree"
             )
+        for i, v in enumerate(values or ()):
+            _check_number(v, f"scheduler.pt {key}[{i}]")
         scaled = scaled_lr_list(state.get(key), group_scales, degree)
         if scaled is not None:
             out[key] = scaled

@@ -10,26 +10,32 @@
   (``RENAME_EXCHANGE``), so DST is always either the old or the new folder, and the old one
   (now under the hidden name) is deleted. Where the file system lacks renameat2 the old DST is
   first renamed to ``.NAME.gaugeconv-old-PID-TOKEN``: that name is the journal.
-* ``sweep`` removes what a killed conversion left (hidden folders of processes that no longer
-  exist) and, if DST is missing while an old copy survives, puts the old copy back.
+* Each conversion holds an exclusive ``flock`` on a lock file beside its hidden folders,
+  ``.NAME.gaugeconv-lock-PID-TOKEN`` (same PID-TOKEN), from before the hidden folder is made
+  until it is gone; the kernel drops the lock when the process dies, however it dies.
+  ``sweep`` removes what a killed conversion left, and only that: debris whose lock it can take
+  (its writer is provably dead), and, if DST is missing while such an old copy survives, puts
+  the old copy back. A lock held by a live conversion, in this PID namespace or another one
+  (a container sharing the folder: PIDs say nothing there), keeps its folders; so does debris
+  without a lock file (nothing proves it dead: it is reported, never deleted).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .safetensors_io import CheckpointError
 
 __all__ = ["Destination", "destination_path", "resolve_destination", "check_not_nested", "sweep", "claim",
-           "place", "FileId", "file_id", "ancestors_ids"]
+           "release", "place", "FileId", "file_id", "ancestors_ids", "hold_lock"]
 
 FileId = tuple[int, int]
 _AT_FDCWD = -100
@@ -47,15 +53,21 @@ def ancestors_ids(path: Path) -> list[FileId]:
     return [file_id(os.stat(p)) for p in (real, *real.parents)]
 
 
+def _new_token() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
 @dataclass
 class Destination:
     path: Path  # DST with its parent's links resolved
     exists: bool
     missing_parents: list[Path] = field(default_factory=list)  # to create, top-down
+    token: str = field(default_factory=_new_token)  # PID-TOKEN shared by this conversion's names
+    lock: int | None = None  # the held lock's descriptor, from claim() to release()
+    lock_file: Path | None = None  # the lock file this conversion made
 
     def hidden(self, kind: str) -> Path:
-        return self.path.parent / f".{self.path.name}.gaugeconv-{kind}-{os.getpid()}-" \
-                                  f"{secrets.token_hex(4)}"
+        return self.path.parent / f".{self.path.name}.gaugeconv-{kind}-{self.token}"
 
 
 def destination_path(dst: str | os.PathLike) -> Path:
@@ -129,50 +141,118 @@ def check_not_nested(src: Path, src_dirs: set[FileId], dest: Destination) -> Non
                 continue
 
 
-def _alive(pid: int) -> bool:
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+_SWEPT = -1
+
+
+def hold_lock(path: Path) -> int | None:
+    """Create the lock file ``path`` and hold an exclusive flock on it; returns its descriptor.
+
+    None where the file system has no locks (the file then stays until ``release``, and
+    ``sweep`` never removes this conversion's folders). ``_SWEPT`` if a sweeper took and deleted
+    the fresh file first (an orphan lock to it): the caller tries another name.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits out a sweeper that is looking at it
+    except OSError as err:
+        os.close(fd)
+        if err.errno in _NO_LOCKS:
+            return None
+        os.unlink(path)
+        raise
+    if _still_named(fd, path):
+        return fd
+    os.close(fd)
+    return _SWEPT
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    try:
+        return file_id(os.stat(path)) == file_id(os.fstat(fd))
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
-def _debris(dst: Path) -> Iterable[tuple[Path, str, int]]:
+def _take_lock(path: Path) -> int | None:
+    """The lock of a conversion if nobody holds it (its writer is dead); None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # gone meanwhile, or not ours to open: prove nothing
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EWOULDBLOCK: a live conversion holds it; or no locks on this file system
+        os.close(fd)
+        return None
+    if not _still_named(fd, path):  # removed by another sweeper or by its own writer
+        os.close(fd)
+        return None
+    return fd
+
+
+def _hidden_entries(dst: Path) -> dict[str, dict[str, Path]]:
+    """Hidden names beside DST, by PID-TOKEN: {token: {"tmp"|"old"|"lock": path}}."""
     prefix = f".{dst.name}.gaugeconv-"
     try:
         names = os.listdir(dst.parent)
     except OSError:  # no parent yet, or a file
-        return []
-    out = []
+        return {}
+    out: dict[str, dict[str, Path]] = {}
     for name in names:
         if not name.startswith(prefix):
             continue
-        kind, _, rest = name[len(prefix):].partition("-")
-        pid = rest.split("-")[0]
-        if kind in ("tmp", "old") and pid.isdigit():
-            out.append((dst.parent / name, kind, int(pid)))
+        kind, _, token = name[len(prefix):].partition("-")
+        if kind in ("tmp", "old", "lock") and token.split("-")[0].isdigit():
+            out.setdefault(token, {})[kind] = dst.parent / name
     return out
 
 
 def sweep(dst: Path) -> list[str]:
-    """Clean up after conversions to DST that were killed; returns what was done."""
+    """Clean up after conversions to DST that were killed; returns what was done (and kept).
+
+    Only what is provably dead goes: the folders of a conversion whose lock this process could
+    take. A held lock means a live conversion, whatever its PID says; no lock file at all means
+    nothing can be proved, and the folder is kept (and reported).
+    """
     notes = []
-    for path, kind, pid in sorted(_debris(dst), key=lambda d: d[1]):  # "old" before "tmp"
-        if pid == os.getpid() or _alive(pid):
+    for token, found in sorted(_hidden_entries(dst).items()):
+        lock = found.pop("lock", None)
+        if lock is None:
+            for path in found.values():
+                notes.append(f"kept {path.name}: it has no lock file, so nothing shows that its "
+                             "conversion ended; delete it yourself if no conversion is running")
             continue
-        if kind == "old" and not os.path.lexists(dst):
-            os.rename(path, dst)  # the new DST never arrived: the old one comes back
-            notes.append(f"restored {dst} from {path.name}, left by a killed conversion")
-            continue
+        fd = _take_lock(lock)
+        if fd is None:
+            continue  # a live conversion (in any PID namespace) holds it
+        try:
+            notes += _remove_debris(dst, found, token)
+            if not any(os.path.lexists(p) for p in found.values()):
+                os.unlink(lock)
+        finally:
+            os.close(fd)
+    return notes
+
+
+def _remove_debris(dst: Path, found: dict[str, Path], token: str) -> list[str]:
+    notes = []
+    old = found.get("old")
+    if old is not None and not os.path.lexists(dst):
+        os.rename(old, dst)  # the new DST never arrived: the old one comes back
+        notes.append(f"restored {dst} from {old.name}, left by a killed conversion")
+        old = None
+    for path in (p for p in (found.get("tmp"), old) if p is not None):
         shutil.rmtree(path, ignore_errors=True)
-        notes.append(f"removed {path.name}, left by a killed conversion (pid {pid})")
+        notes.append(f"removed {path.name}, left by a killed conversion ({token})")
     return notes
 
 
 def claim(dest: Destination) -> tuple[Path, list[Path]]:
-    """Create the missing parents and the hidden folder; returns it and the parents made."""
+    """Create the missing parents, take the lock, create the hidden folder; returns it and the
+    parents made. The lock stays held until ``release(dest)``."""
     made = []
     try:
         for p in dest.missing_parents:
@@ -182,12 +262,33 @@ def claim(dest: Destination) -> tuple[Path, list[Path]]:
             except FileExistsError:
                 if not p.is_dir():
                     raise CheckpointError(f"DST's parent {p} appeared as a file") from None
+        while True:
+            lock = hold_lock(dest.hidden("lock"))
+            if lock != _SWEPT:
+                break
+            dest.token = _new_token()
+        dest.lock, dest.lock_file = lock, dest.hidden("lock")
         tmp = dest.hidden("tmp")
         os.mkdir(tmp)
     except BaseException:
+        release(dest)
         unmake(made)
         raise
     return tmp, made
+
+
+def release(dest: Destination) -> None:
+    """Delete the lock file and drop the lock (once the hidden folders are gone)."""
+    fd, path = dest.lock, dest.lock_file
+    dest.lock = dest.lock_file = None
+    try:
+        if path is not None:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def unmake(made: list[Path]) -> None:

@@ -1,21 +1,19 @@
-"""Richness diagnostics: coordinate check, classifier, lazy-limit check, muTransfer sweeps, plots."""
+"""Richness diagnostics: coordinate check, classifier, lazy-limit check, muTransfer sweeps, plots.
 
-from .classify import PRESETS, Classification, classify_abc, classify_factory, classify_measured
-from .coord_check import CoordCheckConfig, CoordCheckReport, coord_check
-from .lazy import LazyConfig, lazy_limit
-from .transfer import (
-    TransferConfig,
-    TransferReport,
-    analyse_sweep,
-    compare_sweeps,
-    lr_sweep,
-    mlp_runner,
-    transfer_check,
-)
+Names are imported on first use (the classifier needs no torch; the others train models).
+"""
 
-__all__ = [
-    "PRESETS", "Classification", "classify_abc", "classify_factory", "classify_measured",
-    "CoordCheckConfig", "CoordCheckReport", "coord_check", "LazyConfig", "lazy_limit",
-    "TransferConfig", "TransferReport", "analyse_sweep", "compare_sweeps", "lr_sweep",
-    "mlp_runner", "transfer_check",
-]
+from .._lazy import lazy_attributes, shadow_submodules
+
+_WHERE = {
+    **dict.fromkeys(["PRESETS", "Classification", "classify_abc", "classify_factory",
+                     "classify_measured"], ".classify"),
+    **dict.fromkeys(["CoordCheckConfig", "CoordCheckReport", "coord_check"], ".coord_check"),
+    **dict.fromkeys(["LazyConfig", "lazy_limit"], ".lazy"),
+    **dict.fromkeys(["TransferConfig", "TransferReport", "analyse_sweep", "compare_sweeps",
+                     "lr_sweep", "mlp_runner", "transfer_check"], ".transfer"),
+}
+
+__all__ = list(_WHERE)
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+shadow_submodules(__name__, _WHERE)  # coord_check: the function, always

@@ -49,9 +49,7 @@ import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GaugeError
 
@@ -68,8 +66,11 @@ class Axes:
     fan_in: int | None = None  # when the use sums over more than these axes (see below)
 
 
+if TYPE_CHECKING:  # only in annotations: GaugeConfig (which checks module_axes) needs no torch
+    from torch import nn
+
 Shape = tuple[int, ...]
-RuleFn = Callable[[nn.Module, Shape], "tuple[tuple[int, ...], tuple[int, ...]] | None"]
+RuleFn = Callable[["nn.Module", Shape], "tuple[tuple[int, ...], tuple[int, ...]] | None"]
 
 
 def _linear(module: nn.Module, shape: Shape):

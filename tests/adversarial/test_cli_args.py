@@ -29,6 +29,34 @@ CASES = [
     (["lazy-check", "--widths", "8,8"], "at least two distinct widths"),
     (["lazy-check", "--steps", "-3"], "--steps must be >= 1"),
     (["classify", "--abc", "readin=0,0,nan; hidden=0,0.5,0; readout=0,0.5,0"], "finite"),
+    # NaN and inf richness and gamma: refused before anything compares them (NaN != NaN)
+    (["verify", "--richness", "nan"], "richness r=nan is not a finite number"),
+    (["verify", "--richness=-inf"], "richness r=-inf is not a finite number"),
+    (["verify", "--from", "ntp", "--to", "ntp-lr", "--richness", "nan"], "r=nan is not a finite"),
+    (["table", "-r", "nan", "-n", "64"], "richness r=nan is not a finite number"),
+    (["demo", "-r", "inf"], "richness r=inf is not a finite number"),
+    (["coord-check", "-r", "nan"], "richness r=nan is not a finite number"),
+    (["lazy-check", "-r", "nan"], "richness r=nan is not a finite number"),
+    (["transfer-check", "--richness-axis", "0,nan"], "richness r=nan is not a finite number"),
+    (["roles", "/nonexistent", "-r", "nan"], "richness r=nan is not a finite number"),
+    (["convert", "/nonexistent", "/nonexistent2", "--to", "mup", "-r", "nan"],
+     "richness r=nan is not a finite number"),
+    # gamma whose square leaves float64 (it was "ZeroDivisionError: float division by zero")
+    (["table", "-r", "0.5", "-n", "64", "--gamma", "1e-300"], "--gamma=1e-300 is too small"),
+    (["verify", "--gamma", "1e-300"], "--gamma=1e-300 is too small"),
+    (["verify", "--gamma", "1e300"], "--gamma=1e+300 is too large"),
+    (["verify", "--gamma", "nan"], "--gamma=nan must be a finite number > 0"),
+    (["roles", "/nonexistent", "-r", "0.5", "--gamma", "1e-300"], "--gamma=1e-300 is too small"),
+    (["convert", "/nonexistent", "/nonexistent2", "--to", "mup", "-r", "0.5", "--gamma",
+      "1e-300"], "--gamma=1e-300 is too small"),
+    # a plot that cannot be written: refused before the training, not after it
+    (["coord-check", "--plot", "/missing/dir/x.png"], "--plot /missing/dir/x.png: the folder "
+                                                      "/missing/dir does not exist"),
+    (["coord-check", "--plot", "/"], "--plot / is a folder"),
+    (["coord-check", "--plot", "plot.nosuchformat"], "matplotlib cannot write .nosuchformat"),
+    (["transfer-check", "--plot", "/missing/x.png"], "the folder /missing does not exist"),
+    (["transfer-check", "--richness-axis", "0", "--plot-richness", "/missing/x.png"],
+     "--plot-richness /missing/x.png: the folder /missing does not exist"),
 ]
 
 

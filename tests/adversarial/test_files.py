@@ -86,6 +86,18 @@ def _groups(names):
              "decoupled_weight_decay": True} for i, n in enumerate(names)]
 
 
+def _opt_with(src, **change):
+    """optimizer.pt whose first group has the given values (the other groups ordinary)."""
+    groups = _groups(_names(src))
+    groups[0].update(change)
+    torch.save({"state": {}, "param_groups": groups}, src / "optimizer.pt")
+
+
+def _sched(src, **lists):
+    n = len(_names(src))
+    torch.save({"base_lrs": [1e-3] * n, "_last_lr": [1e-3] * n, **lists}, src / "scheduler.pt")
+
+
 def _names(src):
     from safetensors import safe_open
 
@@ -122,6 +134,20 @@ TRAINER = {
         ["not.a.tensor"])}), "names tensors the model lacks"),
     "optimizer-pickle-object": (lambda s: torch.save({"state": {}, "x": object()},
                                                      s / "optimizer.pt"), "weights_only=True"),
+    "optimizer-lr-a-string": (lambda s: _opt_with(s, lr="fast"),
+                              "optimizer.pt group 0: lr is 'fast' (a str), not a finite number"),
+    "optimizer-lr-a-numeric-string": (lambda s: _opt_with(s, lr="0.001"),
+                                      "optimizer.pt group 0: lr is '0.001' (a str)"),
+    "optimizer-initial-lr-a-list": (lambda s: _opt_with(s, initial_lr=[0.1]),
+                                    "optimizer.pt group 0: initial_lr is [0.1] (a list)"),
+    "optimizer-eps-nan": (lambda s: _opt_with(s, eps=float("nan")),
+                          "optimizer.pt group 0: eps is nan (a float)"),
+    "optimizer-weight-decay-bool": (lambda s: _opt_with(s, weight_decay=True),
+                                    "optimizer.pt group 0: weight_decay is True (a bool)"),
+    "optimizer-lr-tensor-of-two": (lambda s: _opt_with(s, lr=torch.ones(2)),
+                                   "lr is a tensor of shape (2,)"),
+    "scheduler-base-lr-a-string": (lambda s: (_opt(s), _sched(s, base_lrs=["1e-3"] * len(_names(s)))),
+                                   "scheduler.pt base_lrs[0] is '1e-3' (a str)"),
 }
 
 
@@ -131,6 +157,26 @@ def test_bad_trainer_files(make_src, tmp_path, capsys, case):
     src = make_src()
     edit(src)
     assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", *ARGS], match)
+
+
+def test_numbers_of_every_accepted_kind_convert(make_src, tmp_path, capsys):
+    """The control of the cases above: an int lr, a one-entry tensor lr (capturable and fused
+    optimizers), an absent initial_lr and a scheduler with numbers convert, each lr moved."""
+    import math
+
+    from tests.adversarial.helpers import run
+
+    src = make_src()
+    groups = _groups(_names(src))
+    groups[0].update(lr=torch.tensor(1e-3))
+    groups[1].update(lr=1, initial_lr=None)
+    torch.save({"state": {}, "param_groups": groups}, src / "optimizer.pt")
+    _sched(src)
+    code, out, err = run(capsys, "convert", src, tmp_path / "out", *ARGS, "--form", "materialized")
+    assert code == 0, err
+    moved = torch.load(tmp_path / "out" / "optimizer.pt", weights_only=True)["param_groups"]
+    factors = [g["lr"] / h["lr"] for g, h in zip(moved[:2], groups[:2])]
+    assert all(math.isfinite(float(f)) for f in factors) and float(factors[1]) != 1.0, factors
 
 
 @pytest.mark.parametrize("base,to,value", [

@@ -152,12 +152,15 @@ def test_a_folder_that_appears_at_dst_during_the_conversion_wins(make_src, tmp_p
 
 
 def test_a_killed_conversion_s_debris_is_swept(make_src, tmp_path, capsys):
+    """What a SIGKILLed conversion leaves: its folders and its lock file, the lock free (the
+    kernel dropped it with the process). Its PID is any: locks, not PIDs, decide."""
     src = make_src()
-    dead = 2 ** 22 + 12345  # above pid_max's default: no such process
+    token = f"{os.getpid()}-abcd1234"  # even a live PID: nobody holds the lock
     for kind in ("tmp", "old"):
-        d = tmp_path / f".dst.gaugeconv-{kind}-{dead}-abcd1234"
+        d = tmp_path / f".dst.gaugeconv-{kind}-{token}"
         d.mkdir()
         (d / "half.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / f".dst.gaugeconv-lock-{token}").touch()
     (tmp_path / "dst").mkdir()  # the new DST had arrived: the old copy is debris
     code, out, _ = run(capsys, *argv(src, tmp_path / "dst", "--overwrite"))
     report = json.loads(out)
@@ -170,6 +173,7 @@ def test_dst_lost_between_two_renames_is_restored(make_src, tmp_path, capsys):
     src = make_src()
     aside = tmp_path / f".dst.gaugeconv-old-{2 ** 22 + 7}-00000000"
     aside.mkdir()
+    (tmp_path / f".dst.gaugeconv-lock-{2 ** 22 + 7}-00000000").touch()  # its lock, free
     (aside / "precious.txt").write_text("old DST")
     before = snapshot(aside)
     code, _, err = run(capsys, *argv(src, tmp_path / "dst"))
@@ -179,11 +183,20 @@ def test_dst_lost_between_two_renames_is_restored(make_src, tmp_path, capsys):
 
 
 def test_a_live_conversion_s_hidden_folder_is_left_alone(make_src, tmp_path, capsys):
+    """Its lock is held (here by this process, through another open file: flock locks conflict
+    between open files, in one process as in two). test_locks.py has the same across processes
+    and PID namespaces."""
+    from gaugeconv.checkpoint.placement import hold_lock
+
     src = make_src()
-    live = tmp_path / f".dst.gaugeconv-tmp-{os.getppid()}-00000000"
-    live.mkdir()
-    code, _, _ = run(capsys, *argv(src, tmp_path / "dst"))
-    assert code == 0 and live.is_dir()
+    live = tmp_path / f".dst.gaugeconv-tmp-{os.getpid()}-00000000"
+    lock = hold_lock(tmp_path / f".dst.gaugeconv-lock-{os.getpid()}-00000000")
+    try:
+        live.mkdir()
+        code, _, _ = run(capsys, *argv(src, tmp_path / "dst"))
+        assert code == 0 and live.is_dir()
+    finally:
+        os.close(lock)
 
 
 def test_concurrent_conversions_to_one_dst_one_wins(bases, tmp_path):
@@ -216,6 +229,7 @@ def test_concurrent_conversions_to_one_dst_one_wins(bases, tmp_path):
     assert os.listdir(tmp_path) == ["dst"]
 
 
+@pytest.mark.slow
 def test_subprocess_errors_are_one_line(bases, tmp_path):
     """The real command in its own process: a bad header is one line on stderr, exit 2."""
     import shutil

@@ -101,11 +101,12 @@ def test_exact_subnormal_results_are_lossless(bases, make_src, tmp_path, capsys)
 
 @pytest.mark.parametrize("extra", [[], ["--stored"]])
 def test_huge_gamma_is_refused(make_src, tmp_path, capsys, extra):
-    """gamma = 1e300: multipliers of 1e300 are inf in float32; refused in both formats (in the
-    default one the weights would be copied, and gh.from_pretrained's W / m be zero)."""
+    """gamma = 1e60: multipliers of 1e60 are inf in float32; refused in both formats (in the
+    default one the weights would be copied, and gh.from_pretrained's W / m be zero). (A gamma
+    whose square leaves float64, 1e300, is refused with the arguments: test_cli_args.py.)"""
     src = make_src("gpt2")
     assert_refused(capsys, tmp_path, ["convert", src, tmp_path / "out", "--to", "mup", "-r",
-                                      "0.5", "--gamma", "1e300", "--json", *extra],
+                                      "0.5", "--gamma", "1e60", "--json", *extra],
                    "outside the normal range of float32")
 
 

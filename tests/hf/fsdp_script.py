@@ -6,8 +6,11 @@ alike under sharding too.
 python -m torch.distributed.run --nproc_per_node 2 tests/hf/fsdp_script.py STEPS RESULT.json
 
 Without torchrun (no RANK in the environment) the same loop runs unsharded in one process.
+The process group has a short timeout (a hung collective fails the run instead of blocking it)
+and is destroyed without any collective once the result is written.
 """
 
+import datetime
 import json
 import os
 import sys
@@ -18,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import gaugeconv.hf as gh  # noqa: E402
 from tests.hf.tiny import VOCAB, batch, default_dtype, loss_func  # noqa: E402
+
+PG_TIMEOUT_S = 120  # any collective of this tiny run takes milliseconds
 
 
 def model_in(gauge):
@@ -70,15 +75,17 @@ def main():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
-        torch.distributed.init_process_group("gloo")
-    result = {g: train(g, steps, rank, world) for g in ("stp", "mup")}
+        torch.distributed.init_process_group(
+            "gloo", timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
+    try:
+        result = {g: train(g, steps, rank, world) for g in ("stp", "mup")}
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()  # the last collective ran in train()
     result["world_size"] = world
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

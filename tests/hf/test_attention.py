@@ -192,6 +192,7 @@ def test_roles_command_reports_the_scale(tmp_path, capsys):
     assert "base head dim d0=8" in text and "LlamaAttention d=32 scaling 0.08839" in text
 
 
+@pytest.mark.slow
 def test_coord_check_knows_attention():
     """A tiny Llama at r = 1/2 (Adam): with the 1/d scale the attention output layers' own
     updates keep their share of dh (D3) and q/k's first-step loss share falls like n^-1/2 as
@@ -222,6 +223,7 @@ def test_coord_check_knows_attention():
 WIDTHS, TOL = (64, 128, 256), 0.15
 
 
+@pytest.mark.slow
 def test_coord_check_splits_gpt2s_fused_qkv_and_judges_the_widest_window():
     """GPT-2's c_attn is reported per q | k | v block: q and k's first-step loss shares fall
     (1/d scale, Adam: n^-1/2), v's does not; the whole tensor's shares are not judged. With

@@ -217,6 +217,7 @@ def test_sharded_gives_the_same_result_as_single(tmp_path):
     assert index == json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_trainer_checkpoint_converted_then_resumed(tmp_path, optimizer):
     """A plain-form STP checkpoint converted to the materialized rescaling gauge resumes on the
@@ -345,6 +346,7 @@ def test_existing_dst_and_pickles(tmp_path, capsys):
     assert not (tmp_path / "p-out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_a_conversion_killed_halfway_leaves_no_dst(tmp_path, how):
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -186,6 +186,7 @@ def test_initialize_draws_the_table():
     assert torch.equal(eff["model.norm.weight"], torch.ones(256, dtype=torch.float64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("r", [0.0, 0.5])
 def test_coord_check_on_a_hugging_face_llama(r):
     """The coordinate check through the API on a real transformer: roles per module and the

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +11,10 @@ from transformers import Trainer, get_linear_schedule_with_warmup
 import gaugeconv.hf as gh
 from gaugeconv.clip import clip_grad_norm_
 from tests.hf.tiny import Stream, build, default_dtype, loss_func, losses, training_args
+from tests.hf.torchrun import run_ranks, torchrun_command
+
+# every test here runs the real Trainer (seconds each; two of them in fresh processes or torchrun)
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 10
@@ -165,13 +168,9 @@ def test_stock_clipping_breaks_equivalence_and_gauge_clipping_keeps_it(tmp_path)
 
 
 def script(*args, torchrun=False):
-    cmd = [sys.executable, os.path.join(ROOT, "tests", "hf", "train_script.py"), *map(str, args)]
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29517", *cmd[1:]]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """train_script.py in a fresh process, or on two ranks (a free port, a hard deadline)."""
+    path = os.path.join(ROOT, "tests", "hf", "train_script.py")
+    run_ranks(torchrun_command(path, *args) if torchrun else [sys.executable, path, *map(str, args)])
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -54,6 +52,7 @@ X = batch("llama")
 
 
 # -- 1. torch.compile ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_compile_in_both_orders_and_after_a_live_conversion():
     from torch._dynamo.testing import CompileCounter
 
@@ -87,6 +86,7 @@ def test_compile_in_both_orders_and_after_a_live_conversion():
     assert explained.graph_break_count == 0 and explained.graph_count == 1
 
 
+@pytest.mark.slow
 def test_compiled_training_step_and_gauge_trainer(tmp_path):
     from tests.hf.tiny import Stream, losses, training_args
 
@@ -149,7 +149,8 @@ DIRECT = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(DIRECT))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("mamba")
+                                  else n for n in sorted(DIRECT)])  # mamba: seconds each
 def test_direct_reads_see_the_multiplier(name):
     ids = X["input_ids"][:2]
     with default_dtype(torch.float64):
@@ -343,6 +344,7 @@ def train_lora(tmp_path, model, tag, steps=4):
     return torch.tensor(losses(trainer), dtype=torch.float64), trainer
 
 
+@pytest.mark.slow
 def test_lora_roles_training_merge_save_and_load(tmp_path):
     from peft import PeftModel
 
@@ -384,15 +386,13 @@ def test_lora_roles_training_merge_save_and_load(tmp_path):
 
 
 # -- FSDP2 ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fsdp2_two_processes_train_like_one_in_both_gauges(tmp_path):
     from tests.hf.fsdp_script import train
+    from tests.hf.torchrun import run_ranks, torchrun_command
 
     script = os.path.join(ROOT, "tests", "hf", "fsdp_script.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", script, "4", str(tmp_path / "two.json")]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ranks(torchrun_command(script, 4, tmp_path / "two.json"))
     two = json.loads((tmp_path / "two.json").read_text())
     one = {g: train(g, 4) for g in ("stp", "mup")}
     assert two["world_size"] == 2 and two["mup"]["param_type"] == "DTensor"  # really sharded

@@ -265,6 +265,7 @@ def test_roles_function_conversions_and_probe(arch):
     _same(model, x, ref, PROBE_TOLERANCE.get(arch, 0), "probe")
 
 
+@pytest.mark.slow  # the quick loop keeps every architecture's roles and conversions (above)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_save_and_from_pretrained(arch, tmp_path):
     model = gh.apply_gauge(build(arch), _config(arch, gauge="mup", richness=0.25,
@@ -279,6 +280,7 @@ def test_save_and_from_pretrained(arch, tmp_path):
     assert torch.equal(_run(loaded, x), ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adamw_step_stp_and_mup_agree_in_float64(arch):
     """muP's materialized form against the default (plain form, here of the STP gauge).

@@ -3,9 +3,14 @@
 python tests/hf/train_script.py ARCH GAUGE OPTIMIZER STEPS OUT_DIR RESULT.json
     [--save-at K] [--resume CKPT] [--batch B] [--dtype float32|float64]
     [--form plain|materialized]
+
+Under torchrun the process group is made here, with a short timeout (a hung collective fails
+the run instead of blocking it), and is destroyed without any collective once the result is
+written: no rank waits for another at the end.
 """
 
 import argparse
+import datetime
 import os
 import sys
 
@@ -24,6 +29,8 @@ from tests.hf.tiny import (  # noqa: E402
     training_args,
 )
 
+PG_TIMEOUT_S = 120  # any collective of this tiny run takes milliseconds
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -39,6 +46,17 @@ def main() -> None:
     p.add_argument("--form", default="plain")
     a = p.parse_args()
     dtype = getattr(torch, a.dtype)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the Trainer (accelerate) reuses it
+        torch.distributed.init_process_group(
+            "gloo", timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
+    try:
+        train(a, dtype)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def train(a: argparse.Namespace, dtype: torch.dtype) -> None:
     with default_dtype(dtype):
         model = build(a.arch, dtype=dtype)
         family = "sgd" if a.optimizer == "sgd" else "adam"
@@ -47,7 +65,7 @@ def main() -> None:
         kw = {"per_device_train_batch_size": a.batch}
         if a.save_at:
             kw.update(save_strategy="steps", save_steps=a.save_at)
-        args = training_args(a.out_dir, a.optimizer, a.steps, **kw)
+        args = training_args(a.out_dir, a.optimizer, a.steps, ddp_timeout=PG_TIMEOUT_S, **kw)
         hyper = {"momentum": 0.9} if a.optimizer == "sgd" else {}
         trainer = gh.GaugeTrainer(model=model, args=args, train_dataset=Stream(a.arch),
                                   optimizer_hyper=hyper, compute_loss_func=loss_func(a.arch))
@@ -56,9 +74,6 @@ def main() -> None:
         names = [g["param_names"] for g in trainer.optimizer.param_groups]
         dump(a.result, losses=losses(trainer), groups=len(names), first_group=names[0],
              world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
