@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import GaugeError
 
-__all__ = ["Feed", "feed_for", "task_of", "TASKS"]
+__all__ = ["Feed", "feed_for", "task_of", "loss_for", "TASKS"]
 
 TASKS = ("causal-lm", "masked-lm", "seq2seq", "sequence-classification",
          "token-classification", "image-classification", "hidden-state")
@@ -126,7 +126,9 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                                        labels.reshape(-1).to(logits.device), ignore_index=-100)
 
 
-def _loss(task: str, seed: int) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+def loss_for(task: str, seed: int = 0) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """The loss of a task, from the outputs and the targets (labels), in the logits' dtype."""
+
     def loss(out: Any, target: torch.Tensor) -> torch.Tensor:
         if task == "hidden-state":
             h = out.last_hidden_state
@@ -303,7 +305,7 @@ def feed_for(model: nn.Module, steps: int, batch_size: int = 4, seq_len: int = 1
                         torch.empty(0)) for i in range(steps)]
         else:
             batches = _image_batches(task, pixels, model, batch_size, steps, gen)
-        return Feed(task, batches, _loss(task, seed), f"{what}; task {task}")
+        return Feed(task, batches, loss_for(task, seed), f"{what}; task {task}")
     length = _seq_len(model.config, seq_len)
     if length < 2:
         raise GaugeError(f"cannot feed {name}: sequences of {length} token(s) are too short")
@@ -318,4 +320,4 @@ def feed_for(model: nn.Module, steps: int, batch_size: int = 4, seq_len: int = 1
                 f"vocab_size {vocab})")
     batches = _token_batches(task, rows, model, batch_size, steps, gen,
                              _mask_token_id(folder, vocab))
-    return Feed(task, batches, _loss(task, seed), f"{what}; task {task}")
+    return Feed(task, batches, loss_for(task, seed), f"{what}; task {task}")
