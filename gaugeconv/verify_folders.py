@@ -203,6 +203,10 @@ def verify_folders(cfg: FolderVerifyConfig, progress: bool = False) -> Equivalen
                             optimizer=cfg.family, allow_unusual_roles=cfg.allow_unusual_roles)
     src = Path(cfg.src)
     dst = Path(cfg.dst) if cfg.dst is not None else None
+    notes: list[str] = []
+    if plain is None and dst is not None:
+        plain, why = _plain_from_the_other(src, dst)
+        notes += [why] if why else []
     src_gauge, _ = folder_gauge(src, plain)
     if cfg.richness is not None and cfg.richness != src_gauge.richness:
         raise GaugeError(f"SRC is at r={src_gauge.richness}; --richness {cfg.richness} was given")
@@ -213,12 +217,16 @@ def verify_folders(cfg: FolderVerifyConfig, progress: bool = False) -> Equivalen
         has, lacks = ("SRC", "DST") if ck_a is not None else ("DST", "SRC")
         raise GaugeError(f"{has} is a Trainer checkpoint (optimizer.pt), {lacks} is not: resume "
                          "both or neither (--fresh ignores optimizer.pt)")
-    steps, notes = _steps(cfg.steps, ck_a)
+    steps, capped = _steps(cfg.steps, ck_a)
+    notes += capped
     dtype = DTYPE_NAMES[cfg.dtype]
     model_a = load_folder(src, dtype, plain)
     model_b = load_folder(dst if dst is not None else src, dtype, plain)
     if dst is not None:
         _same_model(model_a, model_b, str(src), str(dst))
+    feed_folder = src if (src / "tokenizer.json").is_file() or dst is None else dst
+    feed = feed_for(model_a, steps, cfg.batch_size, cfg.seq_len, cfg.data, feed_folder,
+                    cfg.seed)  # refuses what it cannot feed before anything trains
     ga, gb = get_gauged(model_a), get_gauged(model_b)
     try:
         ga.parameterization.scales_to(gb.parameterization)
@@ -244,9 +252,6 @@ def verify_folders(cfg: FolderVerifyConfig, progress: bool = False) -> Equivalen
     starts = [origin_a, origin_a] if ck_a is not None else \
         [_applied(ga.parameterization, PLAIN), _applied(gb.parameterization, PLAIN)]
     control = _apply_control(cfg.negative_control, (ga, gb), opts, starts)
-    feed_folder = src if (src / "tokenizer.json").is_file() or dst is None else dst
-    feed = feed_for(model_a, steps, cfg.batch_size, cfg.seq_len, cfg.data, feed_folder,
-                    cfg.seed)
     expected = _pow2(applied_a.scales_to(applied_b), origin_a.scales_to(applied_a),
                      origin_b.scales_to(applied_b),
                      origin_a.scales_to(origin_b) if dst is not None else {})
@@ -278,6 +283,23 @@ def _label(i: int, cfg: FolderVerifyConfig, g: Any, form: str, target: str | Non
     if i == 1 and target is not None:
         return f"{where} converted in memory to the {what}"
     return f"{where} ({what})"
+
+
+def _plain_from_the_other(src: Path, dst: Path) -> tuple[Any, str | None]:
+    """A folder without a gauge entry beside one with an entry: the STP gauge of the other's
+    parameterization (richness, gamma, family, roles), as `gaugeconv convert` recorded it."""
+    from .hf.inspect import read_config
+    from .hf.load import folder_gauge
+
+    has = {role: read_config(f).get("gaugeconv") is not None for role, f in
+           (("SRC", src), ("DST", dst))}
+    if has["SRC"] == has["DST"]:
+        return None, None
+    plain_role, other = ("SRC", dst) if has["DST"] else ("DST", src)
+    gauge, _ = folder_gauge(other, None)
+    stp = gauge.replace(gauge="stp", multipliers=None, form=PLAIN)
+    return stp, (f"{plain_role} has no gauge entry: taken as the STP gauge at the other "
+                 f"folder's r={gauge.richness:g}")
 
 
 def _steps(want: int, ck: Any) -> tuple[int, list[str]]:

@@ -179,6 +179,8 @@ def _from_saved_groups(model: nn.Module, name: str, saved: list[list[str]],
 
 
 def _schedule(ckpt: TrainerCheckpoint, optimizer: torch.optim.Optimizer) -> tuple[Any, str]:
+    """The scheduler the Trainer would create (its state is loaded afterwards: creating one
+    writes the group learning rates, so it must come before optimizer.pt, as in the Trainer)."""
     args, sched = ckpt.args, ckpt.scheduler_state
     if sched is None:
         return None, "no scheduler.pt: the learning rates stay as saved"
@@ -198,7 +200,6 @@ def _schedule(ckpt: TrainerCheckpoint, optimizer: torch.optim.Optimizer) -> tupl
         except (ValueError, TypeError, KeyError) as err:
             raise GaugeError(f"training_args.bin: lr_scheduler_type {kind!r} cannot be rebuilt "
                              f"({err})") from None
-        scheduler.load_state_dict(copy.deepcopy(sched))
         return scheduler, (f"{kind} schedule, {warmup} warm-up steps of {total} "
                            "(training_args.bin, trainer_state.json), state from scheduler.pt")
     last = sched.get("_last_lr")
@@ -209,7 +210,6 @@ def _schedule(ckpt: TrainerCheckpoint, optimizer: torch.optim.Optimizer) -> tupl
     factors = [(lr / b if b else 0.0) for lr, b in zip(last, base)]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda _, f=f: f for f in factors])
-    scheduler.load_state_dict({k: v for k, v in sched.items() if k != "lr_lambdas"})
     return scheduler, ("training_args.bin unreadable: the schedule continues constant at the "
                        "saved learning rates")
 
@@ -237,13 +237,15 @@ def restore_optimizer(model: nn.Module, ckpt: TrainerCheckpoint
         optimizer = _from_saved_groups(model, name, saved, state, ckpt.folder)
         notes.append(f"{type(optimizer).__name__} groups built from optimizer.pt's param_names "
                      "(they are not GaugeOptimizerFactory's), state from optimizer.pt")
+    scheduler, how = _schedule(ckpt, optimizer)  # the Trainer's order: create, then load
+    notes.append(how)
     try:
         optimizer.load_state_dict(state)
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise GaugeError(f"{ckpt.folder / 'optimizer.pt'} does not fit the model: "
+        if scheduler is not None:
+            scheduler.load_state_dict(copy.deepcopy(ckpt.scheduler_state))
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise GaugeError(f"{ckpt.folder}: optimizer.pt or scheduler.pt does not fit the model: "
                          f"{str(err).splitlines()[0][:200]}") from None
-    scheduler, how = _schedule(ckpt, optimizer)
-    notes.append(how)
     clip = 0.0
     if ckpt.args is not None:
         clip = float(ckpt.args.get("max_grad_norm") or 0.0)
