@@ -85,14 +85,19 @@ def assert_same_function(a: nn.Module | GaugedModel, b: nn.Module | GaugedModel,
 
 
 def gauged_copy(source: ModelSource, gauge: str, richness: float | None = None,
-                family: str = "adam", form: str = MATERIALIZED) -> tuple[nn.Module, GaugedModel]:
+                family: str = "adam", form: str = MATERIALIZED, seed: int = 0
+                ) -> tuple[nn.Module, GaugedModel]:
     """A fresh copy of ``source`` (a model, a GaugedModel, or a factory) in ``gauge`` and ``form``.
 
+    A factory is called under ``torch.manual_seed(seed)`` (inside ``fork_rng``: the caller's
+    generator is left as it was), so every call builds the same weights.
     A transformers model without a gauge is taken as STP gauge at ``richness`` (default 0.5); a
     gauged one keeps its richness and family. The source itself is never changed.
     """
     if callable(source) and not isinstance(source, (nn.Module, GaugedModel)):
-        model = source()
+        with torch.random.fork_rng(devices=[]):  # the same weights at every call
+            torch.manual_seed(seed)
+            model = source()
     else:
         model = copy.deepcopy(source)
     if isinstance(model, GaugedModel):
@@ -254,7 +259,7 @@ def assert_same_trajectory(
     for other in gauges[1:]:
         sides = []
         for gauge in (gauges[0], other):
-            module, gauged = gauged_copy(model, gauge, richness, family, form)
+            module, gauged = gauged_copy(model, gauge, richness, family, form, seed)
             opt = _optimizer(module, gauged, optimizer, lr, dict(hyper))
             sides.append(Side(f"{gauged.gauge.name} gauge ({form} form)", module, gauged, opt))
         if data is None:
