@@ -25,7 +25,7 @@ fixture on top of these.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -85,14 +85,15 @@ def assert_same_function(a: nn.Module | GaugedModel, b: nn.Module | GaugedModel,
 
 
 def gauged_copy(source: ModelSource, gauge: str, richness: float | None = None,
-                family: str = "adam", form: str = MATERIALIZED, seed: int = 0
-                ) -> tuple[nn.Module, GaugedModel]:
+                family: str = "adam", form: str = MATERIALIZED, seed: int = 0,
+                gauge_options: Mapping[str, Any] | None = None) -> tuple[nn.Module, GaugedModel]:
     """A fresh copy of ``source`` (a model, a GaugedModel, or a factory) in ``gauge`` and ``form``.
 
     A factory is called under ``torch.manual_seed(seed)`` (inside ``fork_rng``: the caller's
     generator is left as it was), so every call builds the same weights.
-    A transformers model without a gauge is taken as STP gauge at ``richness`` (default 0.5); a
-    gauged one keeps its richness and family. The source itself is never changed.
+    A transformers model without a gauge is taken as STP gauge at ``richness`` (default 0.5),
+    with ``gauge_options`` as further GaugeConfig fields (width, allow_unusual_roles,
+    module_axes...); a gauged one keeps its richness and family. The source is never changed.
     """
     if callable(source) and not isinstance(source, (nn.Module, GaugedModel)):
         with torch.random.fork_rng(devices=[]):  # the same weights at every call
@@ -115,8 +116,9 @@ def gauged_copy(source: ModelSource, gauge: str, richness: float | None = None,
         if recorded is not None:
             gh.apply_gauge(model, recorded.replace(gauge=gauge, multipliers=None, form=form))
         else:
+            options = {"optimizer": family, **(gauge_options or {})}
             gh.apply_gauge(model, gh.GaugeConfig(richness=0.5 if richness is None else richness,
-                                                 gauge=gauge, optimizer=family, form=form))
+                                                 gauge=gauge, form=form, **options))
     else:
         raise TypeError(f"{type(model).__name__} is neither a transformers model nor a "
                         "GaugedModel: wrap it with gaugeconv.attach(model, parameterization)")
@@ -234,6 +236,7 @@ def assert_same_trajectory(
     tolerance: float | None = None,
     negative_control: str | None = None,
     seed: int = 0,
+    gauge_options: Mapping[str, Any] | None = None,
     **hyper: Any,
 ) -> list[EquivalenceReport]:
     """Train ``model`` in ``gauges[0]`` side by side with each other gauge; assert equivalence.
@@ -244,7 +247,9 @@ def assert_same_trajectory(
     groups; ``lr`` and ``hyper`` are effective-space values, default lr 1e-3 for Adam-type, 0.05
     for SGD). ``batches``: dicts of model inputs with ``labels`` or (inputs, targets) pairs,
     cycled over ``steps``; default synthetic batches for a transformers model. ``loss(outputs,
-    targets)``: default the task's cross-entropy in the logits' dtype. Returns one report per
+    targets)``: default the task's cross-entropy in the logits' dtype. ``gauge_options``: more
+    GaugeConfig fields for a plain transformers model (``{"width": 32}`` for a config without a
+    hidden size, ``{"allow_unusual_roles": True}``...). Returns one report per
     pair; raises AssertionError with the per-step table when a pair is not equivalent (with
     ``negative_control``: when a pair IS equivalent).
     """
@@ -259,7 +264,8 @@ def assert_same_trajectory(
     for other in gauges[1:]:
         sides = []
         for gauge in (gauges[0], other):
-            module, gauged = gauged_copy(model, gauge, richness, family, form, seed)
+            module, gauged = gauged_copy(model, gauge, richness, family, form, seed,
+                                         gauge_options)
             opt = _optimizer(module, gauged, optimizer, lr, dict(hyper))
             sides.append(Side(f"{gauged.gauge.name} gauge ({form} form)", module, gauged, opt))
         if data is None:
