@@ -67,7 +67,7 @@ def add_verify_arguments(p: argparse.ArgumentParser, richness_type: Any) -> None
                    help="fresh runs: default adamw for an Adam-family gauge, sgd for SGD (MLP: "
                    "sgd); a plain SRC's optimizer family follows it")
     p.add_argument("--steps", type=int, default=None, help="default 10 (folders), 50 (MLP)")
-    p.add_argument("--dtype", choices=["float64", "float32", "bfloat16", "float16", "as-saved"],
+    p.add_argument("--dtype", choices=["float64", "float32", "bfloat16", "as-saved"],
                    default=None, help="default float64, the sharpest test; as-saved: the "
                    "folder's dtype (folders only); the MLP takes float32 or float64")
     p.add_argument("--lr", type=float, default=None,

@@ -42,7 +42,7 @@ from .tensor_ops import is_power_of_two
 __all__ = ["FolderVerifyConfig", "verify_folders", "DTYPE_NAMES", "FORMS"]
 
 DTYPE_NAMES = {"float64": torch.float64, "float32": torch.float32,
-               "bfloat16": torch.bfloat16, "float16": torch.float16, "as-saved": "auto"}
+               "bfloat16": torch.bfloat16, "as-saved": "auto"}
 FORMS = (MATERIALIZED, PLAIN, "as-saved")
 DEFAULT_LR = {"sgd": 0.05}  # Adam-type: 1e-3
 
@@ -224,6 +224,11 @@ def verify_folders(cfg: FolderVerifyConfig, progress: bool = False) -> Equivalen
     model_b = load_folder(dst if dst is not None else src, dtype, plain)
     if dst is not None:
         _same_model(model_a, model_b, str(src), str(dst))
+    if next(p.dtype for p in model_a.parameters()) == torch.float16:
+        raise GaugeError("the folder is float16: pure float16 training underflows in the "
+                         "materialized form of gauges whose multipliers are far from 1 (the "
+                         "stored gradients are m times the effective ones); give --dtype "
+                         "float32, bfloat16 or float64")
     feed_folder = src if (src / "tokenizer.json").is_file() or dst is None else dst
     feed = feed_for(model_a, steps, cfg.batch_size, cfg.seq_len, cfg.data, feed_folder,
                     cfg.seed)  # refuses what it cannot feed before anything trains

@@ -36,6 +36,7 @@ def folders(tmp_path_factory):
         else:
             convert_checkpoint(root / arch, root / f"{arch}-mup", "mup", richness=0.5,
                                progress=False)
+    build("gpt2", torch.float16).save_pretrained(root / "gpt2-f16")
     torch.save(torch.randint(3, 61, (6, 12)), root / "ids.pt")
     (root / "texts.jsonl").write_text('{"text": "no tokenizer beside the model"}\n')
     return root
@@ -77,6 +78,16 @@ def test_eps_control_fails_where_the_honest_run_passes(capsys, folders):
                           "--negative-control", "eps")
     assert code == 1 and bad["function"] <= 1e-12  # the same function: only training differs
     assert bad["max_rel_diff"]["logits"] > 1e-6 and bad["max_rel_diff"]["weights"] > 1e-6
+
+
+def test_bfloat16_and_the_folders_own_dtype(capsys, folders):
+    code, rep, _ = verify(capsys, folders / "llama", folders / "llama-mup", "--steps", "3",
+                          "--dtype", "bfloat16")
+    assert code == 0 and rep["dtype"] == "bfloat16" and rep["tolerance"] == 2.0 ** -5
+    assert 0 < max(rep["max_rel_diff"].values()) <= 2.0 ** -5
+    code, rep, _ = verify(capsys, folders / "llama", folders / "llama-mup", "--steps", "2",
+                          "--dtype", "as-saved")
+    assert code == 0 and rep["dtype"] == "float32"
 
 
 def test_power_of_two_factors_are_bit_identical(capsys, tmp_path):
@@ -245,6 +256,8 @@ def test_refusals_of_trainer_checkpoints(capsys, trainer_run, folders):
     (["{f}/gpt2", "--to", "mup", "-r", "0.5", "--negative-control", "lr"], "applies to the "
      "reference MLP"),
     (["--form", "plain"], "--form applies to saved folders"),
+    (["{f}/gpt2-f16", "--to", "mup", "-r", "0.5", "--dtype", "as-saved"], "the folder is "
+     "float16"),
 ])
 def test_bad_input_one_line_nothing_written(capsys, folders, argv, match):
     before = snapshot(folders)

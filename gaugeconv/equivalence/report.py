@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +50,12 @@ class EquivalenceReport:
     def failures(self) -> list[str]:
         """Why the verdict is not "equivalent", one reason per line (empty when it is)."""
         out = []
+        for side in ("a", "b"):
+            bad = next((r["step"] for r in self.per_step
+                        if not math.isfinite(r[f"loss_{side}"])), None)
+            if bad is not None:
+                out.append(f"side {side.upper()}'s loss is not finite from step {bad} (overflow "
+                           "or underflow in this dtype?)")
         if self.function > self.tolerance:
             out.append(f"the function differs before training: {self.function:.3e} > "
                        f"{self.tolerance:.1e}")
