@@ -178,6 +178,10 @@ def _batches(batches: Iterable[Any] | None, model: nn.Module, steps: int, loss: 
                             "(inputs, targets)")
     if not out:
         raise GaugeError("batches= is empty")
+    missing = next((i for i, (_, t) in enumerate(out) if t is None), None)
+    if missing is not None and loss is None:
+        raise GaugeError(f"batch {missing} has no 'labels': give them, or loss=(outputs, "
+                         "targets) -> scalar")
     if loss is None:
         if not hasattr(model, "config"):
             raise GaugeError("loss= is needed for a model that is not a transformers model: "
@@ -278,6 +282,10 @@ def assert_same_trajectory(
                                                              for s in factors.values()),
                                   seed=seed)
         report.negative_control = control
+        if form == PLAIN:
+            report.notes.append("the plain form: every gauge trains the identical model with the "
+                                "STP gauge's groups there; form='materialized' compares the "
+                                "gauges' stored units")
         reports.append(report)
     _verdict(reports, negative_control)
     return reports
