@@ -97,41 +97,15 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _add_verify(sub: Any) -> None:
+    from .verify_cli import DESCRIPTION, add_verify_arguments
+
     p = sub.add_parser(
         "verify",
-        help="train two gauges side by side and report the largest differences",
-        description="Train the reference MLP in gauge FROM and in gauge TO (or convert a copy "
-        "of the FROM run to TO at --convert-at) on the same batches, and report per step the "
-        "largest relative difference of loss, outputs and effective weights W = m*w.",
+        help="prove two gauges train the same model: saved folders, or the reference MLP",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--richness", "-r", type=_richness, default=None,
-                   help="r in [0, 0.5] (default 0.5, or the r of a named point)")
-    p.add_argument("--gamma", type=float, default=1.0)
-    p.add_argument("--from", dest="from_gauge", default="stp",
-                   help="gauge or named point of run A: stp, mup, rescaling, ntp, ntp-lr, mup-lr, mfp")
-    p.add_argument("--to", dest="to_gauge", default="mup", help="gauge or named point of run B")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    p.add_argument("--convert-at", type=int, default=None, metavar="STEP",
-                   help="train B in FROM, convert model+optimizer+scheduler to TO before STEP")
-    p.add_argument("--lr", type=float, default=None, help="base (effective-space) learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-3)
-    p.add_argument("--eps", type=float, default=1e-8, help="Adam eps (effective space)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--data", choices=["digits", "synthetic"], default="digits")
-    p.add_argument("--activation", choices=["relu", "tanh", "gelu", "linear"], default="tanh",
-                   help="tanh by default: a ReLU kink within rounding of a pre-activation "
-                   "can split float32 runs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="largest allowed relative difference (default 1e-10 float64, 1e-4 float32)")
-    p.add_argument("--negative-control", choices=["eps", "lr"], default=None,
-                   help="break that transformation rule on run B: the check must then fail")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_verify_arguments(p, _richness)
     p.set_defaults(func=_cmd_verify)
 
 
@@ -185,7 +159,11 @@ def _check_verify_args(args: argparse.Namespace) -> None:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
+    from .verify_cli import mlp_defaults, run_folders
 
+    if args.folders:
+        return run_folders(args)
+    mlp_defaults(args)
     _check_verify_args(args)
     report = verify(_verify_config(args), progress=not args.json)
     if args.json:

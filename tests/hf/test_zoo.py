@@ -319,3 +319,24 @@ def test_adamw_step_stp_and_mup_agree_in_float64(arch):
         assert bool(((w - eff_b[name]).abs() <= 1e-12 * scale + propagated).all()), name
     assert sum(not torch.equal(w, before[k]) for k, w in eff_b.items()) > len(eff_b) // 2
     assert _rel(out_b, out_a) <= 1e-7  # the propagated noise of near-zero gradients, above
+
+
+FED = [a for a in ARCHS if ZOO[a].inputs in ("text", "seq2seq", "image")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", FED)
+def test_trajectories_in_stp_mup_and_rescaling_with_gaugeconv_testing(arch):
+    """The library's own testing API on the zoo: three gauges, materialized, float64, two AdamW
+    steps on synthetic batches; the negative control (one multiplier dropped) must fail."""
+    from gaugeconv.testing import assert_same_trajectory
+
+    def factory():
+        return build(arch, dtype=torch.float64)
+
+    options = ZOO[arch].gauge
+    reports = assert_same_trajectory(factory, steps=2, gauge_options=options)
+    assert all(max(r.max_rel_diff.values()) <= 1e-12 for r in reports)
+    (bad,) = assert_same_trajectory(factory, ("stp", "mup"), steps=1, gauge_options=options,
+                                    negative_control="multiplier")
+    assert bad.function > 1e-6
