@@ -12,7 +12,9 @@ model:
   what it holds then). Exact and repeatable on any device.
 * peak: on CUDA, ``torch.cuda.max_memory_allocated`` over a step minus the memory allocated
   before it; on CPU, the rise of the process's peak RSS over a step (VmHWM, reset through
-  /proc/self/clear_refs), which is noisier (the allocator keeps freed pages).
+  /proc/self/clear_refs). glibc keeps freed heap pages, so the script re-executes itself with
+  ``MALLOC_MMAP_THRESHOLD_`` set: every allocation over 64 KiB is its own mapping, returned to
+  the system when freed, and RSS follows the live tensors.
 
 python benchmarks/memory.py [--archs gpt2 llama] [--modes eager compiled checkpointed]
     [--width 1024] [--layers 8] [--batch 1] [--seq 32] [--device cpu|cuda] [--dtype float32]
@@ -24,8 +26,10 @@ FSDP2 per rank: ``torchrun --nproc_per_node 2 benchmarks/memory_fsdp.py`` (same 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import sys
 
 import torch
 from tqdm import tqdm
@@ -115,6 +119,7 @@ def measure(model: torch.nn.Module, mode: str, batch: dict, device: str) -> dict
     for _ in range(2):  # warm-up (and compilation)
         call(**batch).loss.backward()
         model.zero_grad(set_to_none=True)
+    gc.collect()  # garbage of earlier models (gauged models hold cycles) must not be freed mid-step
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -184,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exec_with_mmap_threshold() -> None:
+    """Re-run this script with glibc returning freed tensors to the system (see the docstring)."""
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _exec_with_mmap_threshold()
     raise SystemExit(main())

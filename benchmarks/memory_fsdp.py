@@ -22,7 +22,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from memory import VOCAB, SavedBytes, _reset_peak_rss, _rss, make  # noqa: E402
+from memory import (  # noqa: E402
+    VOCAB,
+    SavedBytes,
+    _exec_with_mmap_threshold,
+    _reset_peak_rss,
+    _rss,
+    make,
+)
 
 import gaugeconv.hf as gh  # noqa: E402
 
@@ -122,4 +129,5 @@ def _report(per_rank: list[dict], a: argparse.Namespace, device: str) -> None:
 
 
 if __name__ == "__main__":
+    _exec_with_mmap_threshold()  # RSS follows the live tensors (memory.py)
     raise SystemExit(main())
