@@ -111,14 +111,9 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure(model: torch.nn.Module, mode: str, batch: dict, device: str) -> dict[str, int]:
-    if mode == "checkpointed":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    call = torch.compile(model) if mode == "compiled" else model
-    for _ in range(2):  # warm-up (and compilation)
-        call(**batch).loss.backward()
-        model.zero_grad(set_to_none=True)
+def measure_step(model: torch.nn.Module, call, batch: dict, device: str,
+                 after_backward=lambda: None) -> dict[str, int]:
+    """One measured step of ``call`` (the model or its compiled form): held and peak bytes."""
     gc.collect()  # garbage of earlier models (gauged models hold cycles) must not be freed mid-step
     if device == "cuda":
         torch.cuda.synchronize()
@@ -133,13 +128,26 @@ def measure(model: torch.nn.Module, mode: str, batch: dict, device: str) -> dict
     held = counter.held()
     counter.saved.clear()
     loss.backward()
+    after_backward()
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
     else:
         peak = _rss("VmHWM") - before
-    model.zero_grad(set_to_none=True)
     return {"held": held, "peak": peak}
+
+
+def measure(model: torch.nn.Module, mode: str, batch: dict, device: str) -> dict[str, int]:
+    if mode == "checkpointed":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    call = torch.compile(model) if mode == "compiled" else model
+    for _ in range(2):  # warm-up (and compilation)
+        call(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+    result = measure_step(model, call, batch, device)
+    model.zero_grad(set_to_none=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

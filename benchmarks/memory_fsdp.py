@@ -22,14 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from memory import (  # noqa: E402
-    VOCAB,
-    SavedBytes,
-    _exec_with_mmap_threshold,
-    _reset_peak_rss,
-    _rss,
-    make,
-)
+from memory import VOCAB, _exec_with_mmap_threshold, make, measure_step  # noqa: E402
 
 import gaugeconv.hf as gh  # noqa: E402
 
@@ -41,27 +34,9 @@ def step(model, batch, device: str) -> dict[str, int]:
         model(**batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        _reset_peak_rss()
-        before = _rss("VmRSS")
-    counter = SavedBytes(model)
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-        loss = model(**batch).loss
-    held = counter.held()
-    counter.saved.clear()
-    loss.backward()
-    opt.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        peak = _rss("VmHWM") - before
+    result = measure_step(model, model, batch, device, after_backward=opt.step)
     opt.zero_grad(set_to_none=True)
-    return {"held": held, "peak": peak}
+    return result
 
 
 def main() -> int:
