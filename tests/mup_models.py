@@ -223,6 +223,15 @@ def _clip_b(how: str, model: nn.Module, imported, max_norm: float) -> None:
         raise ValueError(how)
 
 
+def effective_weight_gap(a: nn.Module, imported) -> float:
+    """Largest relative difference between mup model a's effective weights (stored times mup's
+    built-in multiplier) and the imported twin's."""
+    eff = imported.gauged.effective_parameters()
+    specs = imported.gauged.parameterization.specs
+    return max(rel(p.detach() * specs[name].builtin, eff[name])
+               for name, p in a.named_parameters())
+
+
 def follow_mup(make_model, make_opt, data, gauges=(None,), import_at: int = 0, rebuild=None,
                clip: tuple[float, str] | None = None, **import_kw):
     """mup's run (model a, its optimizer, torch's clip) against an imported twin b.
@@ -252,9 +261,4 @@ def follow_mup(make_model, make_opt, data, gauges=(None,), import_at: int = 0, r
         train_step(b, opt_b, x, y, clip_b)
         with torch.no_grad():
             worst = max(worst, rel(a(probe), b(probe)))
-    eff = imported.gauged.effective_parameters()
-    weights = 0.0
-    for name, p in a.named_parameters():
-        spec = imported.gauged.parameterization.specs[name]
-        weights = max(weights, rel(p.detach() * spec.builtin, eff[name]))
-    return Followed(worst, weights, imported, losses, norms)
+    return Followed(worst, effective_weight_gap(a, imported), imported, losses, norms)

@@ -21,6 +21,7 @@ from tests.mup_models import (
     MupMLP,
     MupTied,
     batches,
+    effective_weight_gap,
     make,
     mu_optimizer,
     rel,
@@ -48,12 +49,7 @@ def compare(kind, gauges, import_at=3, steps=8, n=128, decoupled_wd=False, cls=M
         train_step(b, opt_b, x, y)
         with torch.no_grad():
             worst = max(worst, rel(a(probe), b(probe)))
-    eff = imported.gauged.effective_parameters()
-    weights = 0.0
-    for name, p in a.named_parameters():
-        spec = imported.gauged.parameterization.specs[name]
-        weights = max(weights, rel(p.detach() * spec.builtin, eff[name]))
-    return worst, weights, imported
+    return worst, effective_weight_gap(a, imported), imported
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
