@@ -24,12 +24,7 @@ X = torch.randn(8, 16, generator=torch.Generator().manual_seed(1), dtype=torch.f
 Y = torch.randn(8, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(gauge: str = "mup", form: str = "plain", optimizer: str = "adam"):

@@ -40,13 +40,7 @@ LR = 1e-2
 X = batch("llama", n=2, length=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine's 2 cores are shared: one thread is ~50x faster for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- models --------------------------------------------------------------------------------------
