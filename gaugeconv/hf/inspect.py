@@ -18,7 +18,8 @@ from ..errors import GaugeError
 from ..jsonfile import read_json
 from .config import CONFIG_KEY, GaugeConfig
 
-__all__ = ["roles_of_folder", "model_class_for", "meta_model", "read_config", "model_classes"]
+__all__ = ["roles_of_folder", "model_class_for", "meta_model", "folder_config", "read_config",
+           "model_classes"]
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -109,6 +110,31 @@ def gauge_config_from_entry(entry: Any, where: str) -> GaugeConfig:
         raise GaugeError(f"{where}: {CONFIG_KEY} entry: {err}") from None
 
 
+def folder_config(path: str | Path, raw: dict[str, Any] | None = None) -> Any:
+    """The transformers configuration of a save_pretrained folder, built from config.json as
+    data (``raw``, read here when not given): the class from ``model_type`` through
+    transformers' CONFIG_MAPPING, ``auto_map`` ignored, the gauge entry carried as it is."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(path)
+    raw = read_config(path) if raw is None else raw
+    where = str(path / "config.json")
+    model_type = raw["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        raise GaugeError(f"{where}: unknown model_type {model_type!r} (transformers has no "
+                         "configuration class for it)")
+    data = {k: v for k, v in raw.items() if k not in (CONFIG_KEY, "auto_map")}
+    try:
+        hf_config = CONFIG_MAPPING[model_type].from_dict(data)
+    except Exception as err:  # a configuration class refusing a field: report, one line
+        raise GaugeError(f"{where}: transformers refuses it ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    hf_config._name_or_path = str(path)  # loaded from a folder, as from_pretrained records it
+    if raw.get(CONFIG_KEY) is not None:
+        setattr(hf_config, CONFIG_KEY, raw[CONFIG_KEY])
+    return hf_config
+
+
 def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
     """The model of a save_pretrained folder, built on the meta device and put in its gauge.
 
@@ -116,7 +142,6 @@ def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
     plain folder, STP gauge at ``config``'s richness. No weights are read.
     """
     import torch
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     from .model import apply_gauge
 
@@ -130,17 +155,7 @@ def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
         gauge_config = config
     else:
         raise GaugeError(f"{path} carries no gauge entry (a plain checkpoint): give the richness")
-    model_type = raw["model_type"]
-    if model_type not in CONFIG_MAPPING:
-        raise GaugeError(f"{where}: unknown model_type {model_type!r} (transformers has no "
-                         "configuration class for it)")
-    data = {k: v for k, v in raw.items() if k not in (CONFIG_KEY, "auto_map")}
-    try:
-        hf_config = CONFIG_MAPPING[model_type].from_dict(data)
-    except Exception as err:  # a configuration class refusing a field: report, one line
-        raise GaugeError(f"{where}: transformers refuses it ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
-    hf_config._name_or_path = str(path)  # loaded from a folder, as from_pretrained records it
+    hf_config = folder_config(path, raw)
     cls = model_class_for(hf_config)
     try:
         with torch.device("meta"):
@@ -149,8 +164,6 @@ def meta_model(path: str | Path, config: GaugeConfig | None = None) -> Any:
         raise GaugeError(f"{where}: {cls.__name__} cannot be built from it "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
                          ) from None
-    if recorded is not None:
-        setattr(model.config, CONFIG_KEY, recorded)
     try:
         return apply_gauge(model, gauge_config)
     except GaugeError:

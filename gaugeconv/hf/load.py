@@ -22,12 +22,13 @@ from .config import CONFIG_KEY, GaugeConfig
 __all__ = ["load_folder", "folder_gauge"]
 
 
-def folder_gauge(path: str | Path, plain: GaugeConfig | None) -> tuple[GaugeConfig, bool]:
+def folder_gauge(path: str | Path, plain: GaugeConfig | None,
+                 raw: dict[str, Any] | None = None) -> tuple[GaugeConfig, bool]:
     """The gauge a folder records (or ``plain`` for a folder without an entry) and whether
-    it has an entry."""
+    it has an entry. ``raw``: its config.json, read here when not given."""
     from .inspect import gauge_config_from_entry, read_config
 
-    raw = read_config(path)
+    raw = read_config(path) if raw is None else raw
     entry = raw.get(CONFIG_KEY)
     if entry is not None:
         return gauge_config_from_entry(entry, str(Path(path) / "config.json")), True
@@ -43,25 +44,13 @@ def load_folder(path: str | Path, dtype: torch.dtype | str, plain: GaugeConfig |
 
     A folder without a gauge entry is STP gauge at ``plain``'s richness (in ``plain``'s form).
     """
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    from .inspect import model_class_for, read_config
+    from .inspect import folder_config, model_class_for, read_config
     from .model import apply_gauge
 
     path = Path(path)
-    where = str(path / "config.json")
-    gauge, _ = folder_gauge(path, plain)
     raw = read_config(path)
-    model_type = raw["model_type"]
-    if model_type not in CONFIG_MAPPING:
-        raise GaugeError(f"{where}: unknown model_type {model_type!r} (transformers has no "
-                         "configuration class for it)")
-    data = {k: v for k, v in raw.items() if k != "auto_map"}
-    try:
-        config = CONFIG_MAPPING[model_type].from_dict(data)
-    except Exception as err:  # a configuration class refusing a field: one line
-        raise GaugeError(f"{where}: transformers refuses it ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    gauge, _ = folder_gauge(path, plain, raw)
+    config = folder_config(path, raw)
     cls = model_class_for(config)
     kwargs: dict[str, Any] = {"config": config, "dtype": dtype}
     try:
