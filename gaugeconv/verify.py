@@ -9,13 +9,13 @@ relative difference of two tensors is max|a - b| / max(max|a|, max|b|).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from .data import load_data
+from .equivalence.engine import rel_diff  # max|a-b| / max(max|a|, max|b|); NaN -> inf
 from .errors import GaugeError
 from .gauges import resolve_point
 from .mlp import build_mlp
@@ -27,16 +27,6 @@ __all__ = ["VerifyConfig", "VerifyReport", "verify", "rel_diff", "DEFAULT_LR", "
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_LR = {"sgd": 0.5, "adam": 0.5, "adamw": 0.5}
 DEFAULT_TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max(max|a|, max|b|), computed in float64; 0 when both are zero."""
-    a, b = a.detach().double(), b.detach().double()
-    scale = max(a.abs().max().item(), b.abs().max().item())
-    err = (a - b).abs().max().item()
-    if err == 0.0:
-        return 0.0
-    return err / scale if scale > 0 else math.inf
 
 
 @dataclass
