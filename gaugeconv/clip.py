@@ -21,7 +21,6 @@ every gauge on A's trajectory. ``clip_grad_norm_`` is the case m_A = 1 for every
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -61,25 +60,12 @@ def effective_grads(gauged: GaugedModel) -> list[torch.Tensor]:
         return _grads_as(gauged, None)
 
 
-def _total_norm(grads: list[torch.Tensor], norm_type: float, error_if_nonfinite: bool,
-                foreach: bool | None) -> torch.Tensor:
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
-    if get_total_norm is not None:
-        return get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
-    if not grads:
-        return torch.tensor(0.0)
-    norms = torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads])
-    total = norms.max() if math.isinf(norm_type) else torch.linalg.vector_norm(norms, norm_type)
-    if error_if_nonfinite and not bool(torch.isfinite(total)):
-        raise RuntimeError(f"the total norm of order {norm_type} of the gradients is non-finite")
-    return total
-
-
 @torch.no_grad()
 def grad_norm_as(gauged: GaugedModel, source: Mapping[str, float] | None, norm_type: float = 2.0,
                  error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
     """The norm that gauge A (multipliers ``source``; None: the STP gauge) clips by, here."""
-    return _total_norm(_grads_as(gauged, source), float(norm_type), error_if_nonfinite, foreach)
+    return torch.nn.utils.get_total_norm(_grads_as(gauged, source), float(norm_type),
+                                         error_if_nonfinite, foreach)
 
 
 @torch.no_grad()
@@ -93,13 +79,7 @@ def clip_grad_norm_as_(gauged: GaugedModel, source: Mapping[str, float] | None, 
     """
     total = grad_norm_as(gauged, source, norm_type, error_if_nonfinite, foreach)
     params = [p for p in gauged.module.parameters() if p.grad is not None]
-    clip_with_norm = getattr(torch.nn.utils, "clip_grads_with_norm_", None)  # torch >= 2.6
-    if clip_with_norm is not None:
-        clip_with_norm(params, max_norm, total, foreach)
-    else:
-        coef = torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
-        for p in params:
-            p.grad.mul_(coef.to(p.grad.device))
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach)
     return total
 
 
